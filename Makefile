@@ -1,0 +1,30 @@
+# `make test` and `make demo` each build .venv on a fresh machine and need nothing else.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; on a GPU machine install the torch you want into .venv first.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: test demo bench gpu-bench colcon clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m blip_lora_training.demo
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) build ros2_ws/build ros2_ws/install ros2_ws/log

@@ -1,0 +1,1 @@
+"""blip-lora core."""

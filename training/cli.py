@@ -1,0 +1,5 @@
+"""Entry point of the `blip-lora` command line."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    raise SystemExit("not built yet")

@@ -1,0 +1,244 @@
+"""LoRA injected through forward hooks.
+
+Each targeted ``nn.Linear`` keeps its class and its state-dict keys (``...qkv.weight`` stays
+``...qkv.weight``); the adapter adds two parameters beside them, ``lora_A`` (r x in) and ``lora_B``
+(out x r), and a forward hook adds ``scaling * B @ A @ dropout(x)`` to the layer's output.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import AdapterError, ConfigError
+
+DEFAULT_TARGETS = (r"vision_model\..*",)
+_FROZEN_FLAGS = "_lora_requires_grad_before"
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA hyperparameters and which layers to adapt.
+
+    targets: regular expressions matched in full against module names; only ``nn.Linear`` modules
+    are taken. The default adapts every linear layer of the vision encoder.
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    rslora: bool = False
+    targets: tuple[str, ...] = field(default=DEFAULT_TARGETS)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str) or not self.targets:
+            raise ConfigError(f"lora targets must be a non-empty list of patterns, got {self.targets!r}")
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
+            raise ConfigError(f"lora r must be a positive integer, got {self.r!r}")
+        if not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+            raise ConfigError(f"lora alpha must be a positive number, got {self.alpha!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
+        for pattern in self.targets:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ConfigError(f"lora target {pattern!r} is not a valid pattern: {error}") from None
+
+    @property
+    def scaling(self) -> float:
+        """alpha / r, or alpha / sqrt(r) with rank-stabilised scaling."""
+        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "targets": list(self.targets)}
+
+
+class _LoraState:
+    """What a hooked layer carries besides its two adapter parameters."""
+
+    def __init__(self, scaling: float, dropout: float, handle: torch.utils.hooks.RemovableHandle):
+        self.scaling = scaling
+        self.dropout = dropout
+        self.handle = handle
+        self.merged = False
+        self.enabled = True
+
+
+def _lora_hook(module: nn.Linear, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+    """output (..., out) += scaling * dropout(x) (..., in) @ A.T (in, r) @ B.T (r, out)."""
+    state: _LoraState = module._lora
+    if state.merged or not state.enabled:
+        return output
+    x = args[0]
+    if state.dropout > 0.0 and module.training:
+        x = nn.functional.dropout(x, state.dropout, training=True)
+    down = nn.functional.linear(x, module.lora_A)
+    flat = torch.addmm(output.reshape(-1, output.shape[-1]), down.reshape(-1, down.shape[-1]),
+                       module.lora_B.t(), alpha=state.scaling)
+    return flat.view(output.shape)
+
+
+def find_targets(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Names of the nn.Linear modules whose full name matches one of the patterns, in model order."""
+    compiled = [re.compile(p) for p in patterns]
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any(c.fullmatch(name) for c in compiled)
+    ]
+
+
+def lora_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """The hooked layers of a model, by module name."""
+    return {name: m for name, m in model.named_modules() if hasattr(m, "_lora")}
+
+
+def inject_lora(model: nn.Module, config: LoraConfig, *, layer_names: list[str] | None = None) -> list[str]:
+    """Hook LoRA into the targeted layers and freeze everything else; returns the adapted layer names.
+
+    layer_names, when given, is the exact list to adapt (as read from an adapter file); otherwise the
+    config's patterns select the layers. A: kaiming-uniform, B: zeros, so the output is unchanged.
+    """
+    if lora_layers(model):
+        raise AdapterError("the model already has LoRA layers: call remove_lora first")
+    names = layer_names if layer_names is not None else find_targets(model, config.targets)
+    if not names:
+        raise AdapterError(f"no nn.Linear layer matches the LoRA targets {list(config.targets)}")
+    modules = dict(model.named_modules())
+    for name in names:
+        module = modules.get(name)
+        if not isinstance(module, nn.Linear):
+            raise AdapterError(f"layer {name!r} is not an nn.Linear in this model (found {type(module).__name__})")
+    setattr(model, _FROZEN_FLAGS, {n: p.requires_grad for n, p in model.named_parameters()})
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for name in names:
+        _hook_layer(modules[name], config)
+    return list(names)
+
+
+def _hook_layer(module: nn.Linear, config: LoraConfig) -> None:
+    weight = module.weight
+    factory = {"device": weight.device, "dtype": weight.dtype}
+    module.lora_A = nn.Parameter(torch.empty(config.r, module.in_features, **factory))
+    module.lora_B = nn.Parameter(torch.zeros(module.out_features, config.r, **factory))
+    if weight.device.type != "meta":
+        nn.init.kaiming_uniform_(module.lora_A, a=math.sqrt(5))
+    handle = module.register_forward_hook(_lora_hook)
+    module._lora = _LoraState(config.scaling, float(config.dropout), handle)
+
+
+def remove_lora(model: nn.Module) -> None:
+    """Unhook and delete every adapter; unmerges first, and restores the original requires_grad flags."""
+    for module in lora_layers(model).values():
+        if module._lora.merged:
+            _unmerge_layer(module)
+        module._lora.handle.remove()
+        del module.lora_A, module.lora_B, module._lora
+    flags = getattr(model, _FROZEN_FLAGS, {})
+    for name, param in model.named_parameters():
+        param.requires_grad_(flags.get(name, param.requires_grad))
+    if hasattr(model, _FROZEN_FLAGS):
+        delattr(model, _FROZEN_FLAGS)
+
+
+def _delta(module: nn.Linear) -> torch.Tensor:
+    """scaling * B @ A in fp32, shape (out, in); raises if not finite."""
+    delta = module._lora.scaling * (module.lora_B.float() @ module.lora_A.float())
+    if not torch.isfinite(delta).all():
+        raise AdapterError(f"LoRA update of a layer is not finite (shape {tuple(delta.shape)})")
+    return delta
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> int:
+    """Fold every adapter into its weight (W += scaling * B A, computed in fp32); returns layers merged.
+
+    Merging twice is a no-op: already merged layers are skipped.
+    """
+    merged = 0
+    for name, module in lora_layers(model).items():
+        if module._lora.merged:
+            continue
+        try:
+            delta = _delta(module)
+        except AdapterError:
+            raise AdapterError(f"cannot merge layer {name}: its LoRA update is not finite") from None
+        new_weight = module.weight.float() + delta
+        if not torch.isfinite(new_weight).all():
+            raise AdapterError(f"cannot merge layer {name}: merged weight is not finite")
+        module.weight.copy_(new_weight.to(module.weight.dtype))
+        module._lora.merged = True
+        merged += 1
+    return merged
+
+
+@torch.no_grad()
+def _unmerge_layer(module: nn.Linear) -> None:
+    module.weight.copy_((module.weight.float() - _delta(module)).to(module.weight.dtype))
+    module._lora.merged = False
+
+
+def unmerge_lora(model: nn.Module) -> int:
+    """Subtract merged adapters from their weights again (in fp32); returns layers unmerged."""
+    layers = [m for m in lora_layers(model).values() if m._lora.merged]
+    for module in layers:
+        _unmerge_layer(module)
+    return len(layers)
+
+
+def is_merged(model: nn.Module) -> bool:
+    """True when every adapter of the model is merged into its weight."""
+    layers = lora_layers(model).values()
+    return bool(layers) and all(m._lora.merged for m in layers)
+
+
+@contextmanager
+def lora_disabled(model: nn.Module) -> Iterator[None]:
+    """Run the base model without its (unmerged) adapters inside the block."""
+    layers = list(lora_layers(model).values())
+    if any(m._lora.merged for m in layers):
+        raise AdapterError("cannot disable merged adapters: call unmerge_lora first")
+    for module in layers:
+        module._lora.enabled = False
+    try:
+        yield
+    finally:
+        for module in layers:
+            module._lora.enabled = True
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{'<layer>.lora_A': (r, in), '<layer>.lora_B': (out, r)} for every adapted layer, detached."""
+    tensors = {}
+    for name, module in lora_layers(model).items():
+        tensors[f"{name}.lora_A"] = module.lora_A.detach()
+        tensors[f"{name}.lora_B"] = module.lora_B.detach()
+    return tensors
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    trainable: int
+    total: int
+
+    def __str__(self) -> str:
+        share = 100.0 * self.trainable / self.total if self.total else 0.0
+        return f"trainable params: {self.trainable:,} || all params: {self.total:,} || trainable: {share:.4f}%"
+
+
+def trainable_parameters(model: nn.Module) -> ParameterCount:
+    """Count trainable and all parameters (shared tensors counted once)."""
+    seen: dict[int, nn.Parameter] = {}
+    for param in model.parameters():
+        seen.setdefault(id(param), param)
+    trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
+    return ParameterCount(trainable, sum(p.numel() for p in seen.values()))

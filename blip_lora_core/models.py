@@ -1,0 +1,152 @@
+"""BLIP models: load a real one (hub id or local folder), or build a tiny one locally with no network."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import BlipConfig, BlipForConditionalGeneration, BertTokenizerFast, PreTrainedTokenizerBase
+
+from .atomic import atomic_write_text
+from .errors import BlipLoraError, ConfigError
+from .preprocess import ImagePreprocessor
+
+BLIP_LARGE = "Salesforce/blip-image-captioning-large"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+BOS_TOKEN, ENC_TOKEN = "[DEC]", "[ENC]"
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class BlipBundle:
+    """A captioning model with the tokenizer and image preprocessing that belong to it."""
+
+    model: BlipForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    preprocess: ImagePreprocessor
+    name: str
+    revision: str = ""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    """None -> fp16 on CUDA, fp32 elsewhere; names like 'fp16' or 'bfloat16' -> torch dtypes."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if not dtype:
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """None or '' -> cuda when present, else cpu."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, device: str | None = None,
+              revision: str | None = None) -> BlipBundle:
+    """Load model, tokenizer and preprocessing from a hub id (optionally pinned to a revision) or a folder.
+
+    Never runs remote code. Raises BlipLoraError with the name when anything cannot be loaded.
+    """
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    try:
+        model = BlipForConditionalGeneration.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=False, **{dtype_kw: torch_dtype})
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, revision=revision,
+                                                               trust_remote_code=False)
+        preprocess = ImagePreprocessor.from_pretrained(name_or_path, revision=revision)
+    except (OSError, ValueError, KeyError) as error:
+        raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: {error}") from None
+    model.to(target).eval()
+    return BlipBundle(model, tokenizer, preprocess, name_or_path, revision or "")
+
+
+def blip_large_config() -> BlipConfig:
+    """The architecture of Salesforce/blip-image-captioning-large, from the copy in this package."""
+    text = resources.files("blip_lora_core").joinpath("model_configs/blip-image-captioning-large.json").read_text()
+    config = json.loads(text)
+    config.pop("_comment", None)
+    return BlipConfig.from_dict(config)
+
+
+def build_on_meta(config: BlipConfig) -> BlipForConditionalGeneration:
+    """The model's modules and shapes with no memory and no weights (milliseconds even for BLIP-large)."""
+    with torch.device("meta"):
+        return BlipForConditionalGeneration(config)
+
+
+def caption_words(captions: Iterable[str]) -> list[str]:
+    """Lower-case words and punctuation marks of the captions, sorted, as BERT's tokenizer splits them."""
+    words = set()
+    for caption in captions:
+        words.update(re.findall(r"\w+|[^\w\s]", caption.lower()))
+    return sorted(words)
+
+
+def build_tokenizer(words: Iterable[str], folder: Path) -> PreTrainedTokenizerBase:
+    """A BERT WordPiece tokenizer over whole words with BLIP's [DEC] bos token, saved in folder.
+
+    transformers 5 ignores BertTokenizerFast(vocab_file=...), so the vocabulary goes in as a dict there.
+    """
+    tokens = SPECIAL_TOKENS + [w for w in words if w not in SPECIAL_TOKENS] + [BOS_TOKEN, ENC_TOKEN]
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    kwargs = dict(do_lower_case=True, bos_token=BOS_TOKEN, additional_special_tokens=[ENC_TOKEN])
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, **kwargs)
+    else:
+        tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), **kwargs)
+    tokenizer.save_pretrained(folder)
+    return transformers.AutoTokenizer.from_pretrained(folder)
+
+
+@dataclass(frozen=True)
+class TinySize:
+    """Dimensions of a tiny BLIP (about 0.5M parameters with the defaults)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 128
+    max_positions: int = 40
+
+
+def build_tiny_blip(folder: str | Path, captions: Iterable[str], *, size: TinySize = TinySize(),
+                    seed: int = 0) -> Path:
+    """Create a randomly initialised tiny BLIP in folder with save_pretrained, tokenizer and preprocessing.
+
+    The vocabulary is made from the captions' words; every other command loads the folder like a real
+    model. Returns the folder.
+    """
+    folder = Path(folder)
+    tokenizer = build_tokenizer(caption_words(captions), folder)
+    vocab = tokenizer.get_vocab()
+    text = dict(vocab_size=len(vocab), hidden_size=size.hidden, encoder_hidden_size=size.hidden,
+                intermediate_size=size.intermediate, num_hidden_layers=size.layers,
+                num_attention_heads=size.heads, max_position_embeddings=size.max_positions,
+                bos_token_id=vocab[BOS_TOKEN], pad_token_id=vocab["[PAD]"], sep_token_id=vocab["[SEP]"],
+                eos_token_id=vocab["[SEP]"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    vision = dict(hidden_size=size.hidden, intermediate_size=size.intermediate, num_hidden_layers=size.layers,
+                  num_attention_heads=size.heads, image_size=size.image_size, patch_size=size.patch_size)
+    config = BlipConfig(text_config=text, vision_config=vision, projection_dim=size.hidden,
+                        image_text_hidden_size=size.hidden)
+    torch.manual_seed(seed)
+    model = BlipForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    preprocess = ImagePreprocessor(height=size.image_size, width=size.image_size)
+    atomic_write_text(folder / "preprocessor_config.json", json.dumps(preprocess.to_dict(), indent=2))
+    return folder

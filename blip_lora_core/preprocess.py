@@ -1,0 +1,84 @@
+"""BLIP's image preprocessing (resize, rescale, normalise) with PIL and torch only.
+
+Equivalent to transformers' BlipImageProcessor for RGB inputs, without its torchvision dependency,
+and read from the same ``preprocessor_config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """PIL RGB image -> (3, height, width) float tensor, normalised."""
+
+    height: int = 384
+    width: int = 384
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    resample: int = Image.Resampling.BICUBIC
+    rescale_factor: float = 1 / 255
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "ImagePreprocessor":
+        size = config.get("size", {})
+        if isinstance(size, int):
+            size = {"height": size, "width": size}
+        return cls(
+            height=int(size.get("height", size.get("shortest_edge", 384))),
+            width=int(size.get("width", size.get("shortest_edge", 384))),
+            mean=tuple(config.get("image_mean", CLIP_MEAN)),
+            std=tuple(config.get("image_std", CLIP_STD)),
+            resample=int(config.get("resample", Image.Resampling.BICUBIC)),
+            rescale_factor=float(config.get("rescale_factor", 1 / 255)),
+        )
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> "ImagePreprocessor":
+        """Read preprocessor_config.json from a local folder or the hub cache."""
+        from transformers.utils import cached_file
+
+        path = cached_file(name_or_path, "preprocessor_config.json", revision=revision)
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+    def to_dict(self) -> dict:
+        return {
+            "image_processor_type": "BlipImageProcessor",
+            "processor_class": "BlipProcessor",
+            "do_resize": True,
+            "size": {"height": self.height, "width": self.width},
+            "resample": int(self.resample),
+            "do_rescale": True,
+            "rescale_factor": self.rescale_factor,
+            "do_normalize": True,
+            "image_mean": list(self.mean),
+            "image_std": list(self.std),
+            "do_convert_rgb": True,
+        }
+
+    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """One image (PIL, or (H, W, 3) uint8 RGB array) -> (3, height, width) float32."""
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        resized = image.resize((self.width, self.height), resample=self.resample)
+        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return (pixels * self.rescale_factor - mean) / std
+
+    def batch(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
+        """Images -> (B, 3, height, width) float32."""
+        return torch.stack([self(image) for image in images])

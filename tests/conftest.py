@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny BLIP built locally (no network), seeded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+SEED_BLOCKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_blocks"
+CAPTIONS = [
+    "One blue cube", "One green cube", "One red cube", "One wood cube",
+    "A blue cube on top of a green cube", "A green cube on top of a blue cube",
+    "No cube is visible in the image", "a picture of",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised tiny BLIP saved with save_pretrained (built once per test process)."""
+    from blip_lora_core.models import build_tiny_blip
+
+    return build_tiny_blip(tmp_path_factory.mktemp("tiny_blip"), CAPTIONS, seed=0)
+
+
+@pytest.fixture()
+def tiny_bundle(tiny_model_dir):
+    """A fresh copy of the tiny model, tokenizer and preprocessing, loaded from its folder on the CPU."""
+    from blip_lora_core.models import load_blip
+
+    return load_blip(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture()
+def pixels() -> torch.Tensor:
+    """(2, 3, 64, 64) seeded random pixel values for the tiny model."""
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture()
+def seed_blocks() -> Path:
+    if not (SEED_BLOCKS / "annotations.jsonl").is_file():
+        pytest.skip(f"seed_blocks dataset not found at {SEED_BLOCKS}")
+    return SEED_BLOCKS

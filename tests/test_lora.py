@@ -1,0 +1,213 @@
+"""Hook-based LoRA: numbers, not shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from blip_lora_core import (
+    AdapterError, ConfigError, LoraConfig, inject_lora, is_merged, lora_disabled, merge_lora, remove_lora,
+    trainable_parameters, unmerge_lora,
+)
+from blip_lora_core.lora import find_targets, lora_layers
+from blip_lora_core.models import blip_large_config, build_on_meta
+
+
+def _forward(model, pixels):
+    ids = torch.tensor([[model.config.text_config.bos_token_id, 5, 6, 7]]).repeat(len(pixels), 1)
+    with torch.no_grad():
+        return model(pixel_values=pixels, input_ids=ids).logits
+
+
+def _randomise_b(model, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in lora_layers(model).values():
+            module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=gen) * 0.1)
+
+
+def test_zero_b_gives_the_base_output_exactly(tiny_bundle, pixels):
+    model = tiny_bundle.model
+    before = _forward(model, pixels)
+    inject_lora(model, LoraConfig(r=4, alpha=8))
+    assert torch.equal(_forward(model, pixels), before)
+
+
+def test_hook_adds_scaled_low_rank_update_to_the_layer_output():
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 5)
+    holder = nn.Sequential()
+    holder.add_module("vision_model", nn.Sequential(layer))
+    inject_lora(holder, LoraConfig(r=2, alpha=3.0))
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(5, 2))
+    x = torch.randn(4, 3, 6)
+    expected = x @ layer.weight.T + layer.bias + 1.5 * (x @ layer.lora_A.T @ layer.lora_B.T)
+    torch.testing.assert_close(holder(x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_rslora_scaling_is_alpha_over_sqrt_r():
+    assert LoraConfig(r=16, alpha=32).scaling == 2.0
+    assert LoraConfig(r=16, alpha=32, rslora=True).scaling == 8.0
+
+
+def test_a_is_kaiming_uniform_and_b_is_zero(tiny_bundle):
+    inject_lora(tiny_bundle.model, LoraConfig(r=4))
+    for module in lora_layers(tiny_bundle.model).values():
+        bound = 1 / math.sqrt(module.in_features)  # kaiming_uniform(a=sqrt(5)) bound
+        assert module.lora_A.abs().max() <= bound and module.lora_A.abs().max() > bound / 2
+        assert torch.count_nonzero(module.lora_B) == 0
+
+
+def test_default_targets_every_linear_of_the_vision_encoder_only(tiny_bundle):
+    model = tiny_bundle.model
+    names = inject_lora(model, LoraConfig())
+    vision_linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("vision_model.")]
+    assert names == vision_linears and len(names) == 2 * 4
+    assert all(type(m) is nn.Linear for m in lora_layers(model).values())
+
+
+def test_text_decoder_layers_can_be_added_by_pattern(tiny_bundle):
+    config = LoraConfig(targets=(r"vision_model\..*", r"text_decoder\..*\.attention\.self\.(query|value)"))
+    names = inject_lora(tiny_bundle.model, config)
+    text = [n for n in names if n.startswith("text_decoder")]
+    assert len(text) == 2 * 2 and all(n.endswith(("query", "value")) for n in text)
+
+
+def test_only_adapter_parameters_receive_gradients(tiny_bundle, pixels):
+    model = tiny_bundle.model
+    inject_lora(model, LoraConfig(r=4))
+    _randomise_b(model)
+    model.train()
+    ids = torch.tensor([[model.config.text_config.bos_token_id, 5, 6, 3]] * 2)
+    model(pixel_values=pixels, input_ids=ids, labels=ids).loss.backward()
+    for name, param in model.named_parameters():
+        if ".lora_" in name:
+            assert param.requires_grad and param.grad is not None and param.grad.abs().sum() > 0, name
+        else:
+            assert not param.requires_grad and param.grad is None, name
+
+
+def test_trainable_parameter_count(tiny_bundle):
+    model = tiny_bundle.model
+    total_before = trainable_parameters(model).total
+    inject_lora(model, LoraConfig(r=4))
+    expected = sum(4 * (m.in_features + m.out_features) for m in lora_layers(model).values())
+    count = trainable_parameters(model)
+    assert count.trainable == expected and count.total == total_before + expected
+    assert f"{expected:,}" in str(count)
+
+
+def test_merged_equals_unmerged_and_merging_twice_is_a_no_op(tiny_bundle, pixels):
+    model = tiny_bundle.model.eval()
+    inject_lora(model, LoraConfig(r=4, alpha=8))
+    _randomise_b(model)
+    hooked = _forward(model, pixels)
+    assert merge_lora(model) == 8 and is_merged(model)
+    merged = _forward(model, pixels)
+    torch.testing.assert_close(merged, hooked, rtol=1e-5, atol=1e-5)
+    weights = {n: m.weight.clone() for n, m in lora_layers(model).items()}
+    assert merge_lora(model) == 0
+    assert all(torch.equal(weights[n], m.weight) for n, m in lora_layers(model).items())
+    torch.testing.assert_close(_forward(model, pixels), merged, rtol=0, atol=0)
+
+
+def test_unmerge_restores_weights_and_outputs(tiny_bundle, pixels):
+    model = tiny_bundle.model.eval()
+    base = _forward(model, pixels)
+    inject_lora(model, LoraConfig(r=4))
+    original = {n: m.weight.clone() for n, m in lora_layers(model).items()}
+    _randomise_b(model)
+    hooked = _forward(model, pixels)
+    merge_lora(model)
+    assert unmerge_lora(model) == 8 and not is_merged(model)
+    for name, module in lora_layers(model).items():
+        torch.testing.assert_close(module.weight, original[name], rtol=0, atol=1e-6)
+    torch.testing.assert_close(_forward(model, pixels), hooked, rtol=1e-5, atol=1e-5)
+    with lora_disabled(model):
+        torch.testing.assert_close(_forward(model, pixels), base, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_refuses_non_finite_updates(tiny_bundle):
+    model = tiny_bundle.model
+    inject_lora(model, LoraConfig(r=4))
+    layer_name, layer = next(iter(lora_layers(model).items()))
+    with torch.no_grad():
+        layer.lora_B.fill_(float("inf"))
+    before = layer.weight.clone()
+    with pytest.raises(AdapterError, match=layer_name):
+        merge_lora(model)
+    assert torch.equal(layer.weight, before)
+
+
+def test_remove_restores_the_original_model_exactly(tiny_bundle, pixels):
+    model = tiny_bundle.model.eval()
+    keys, base = list(model.state_dict()), _forward(model, pixels)
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    inject_lora(model, LoraConfig(r=4, dropout=0.1))
+    assert set(model.state_dict()) > set(keys)
+    _randomise_b(model)
+    remove_lora(model)
+    assert list(model.state_dict()) == keys
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    assert torch.equal(_forward(model, pixels), base)
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_dropout_applies_to_the_lora_branch_in_training_only(tiny_bundle, pixels):
+    model = tiny_bundle.model
+    inject_lora(model, LoraConfig(r=4, dropout=0.5))
+    model.eval()
+    base = _forward(model, pixels)
+    model.train()
+    assert torch.equal(_forward(model, pixels), base)  # B = 0: dropout on the branch changes nothing
+    _randomise_b(model)
+    model.eval()
+    first, second = _forward(model, pixels), _forward(model, pixels)
+    assert torch.equal(first, second)
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(_forward(model, pixels), first)
+
+
+def test_inject_twice_and_no_target_are_errors(tiny_bundle):
+    with pytest.raises(AdapterError, match="no nn.Linear"):
+        inject_lora(tiny_bundle.model, LoraConfig(targets=("nothing_here",)))
+    inject_lora(tiny_bundle.model, LoraConfig())
+    with pytest.raises(AdapterError, match="already has LoRA"):
+        inject_lora(tiny_bundle.model, LoraConfig())
+
+
+@pytest.mark.parametrize("kwargs", [dict(r=0), dict(alpha=-1), dict(dropout=1.0), dict(targets=()),
+                                    dict(targets=("(",)), dict(r=2.5)])
+def test_config_validation(kwargs):
+    with pytest.raises(ConfigError):
+        LoraConfig(**kwargs)
+
+
+def test_blip_large_on_meta_has_96_targets_and_the_published_counts():
+    model = build_on_meta(blip_large_config())
+    names = find_targets(model, LoraConfig().targets)
+    assert len(names) == 96
+    suffixes = {n.split("layers.")[1].split(".", 1)[1] for n in names}
+    assert suffixes == {"self_attn.qkv", "self_attn.projection", "mlp.fc1", "mlp.fc2"}
+    inject_lora(model, LoraConfig(r=8))
+    assert trainable_parameters(model).trainable == 3_145_728
+    remove_lora(model)
+    inject_lora(model, LoraConfig(r=16))
+    assert trainable_parameters(model).trainable == 6_291_456
+
+
+def test_hooks_compile_with_torch_compile(tiny_bundle):
+    torch._dynamo.reset()
+    holder = nn.Sequential()
+    holder.add_module("vision_model", nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 4)))
+    inject_lora(holder, LoraConfig(r=2))
+    _randomise_b(holder)
+    x = torch.randn(3, 8)
+    eager = holder(x)
+    compiled = torch.compile(holder, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), eager)

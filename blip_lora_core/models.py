@@ -141,7 +141,8 @@ def build_tiny_blip(folder: str | Path, captions: Iterable[str], *, size: TinySi
                 bos_token_id=vocab[BOS_TOKEN], pad_token_id=vocab["[PAD]"], sep_token_id=vocab["[SEP]"],
                 eos_token_id=vocab["[SEP]"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     vision = dict(hidden_size=size.hidden, intermediate_size=size.intermediate, num_hidden_layers=size.layers,
-                  num_attention_heads=size.heads, image_size=size.image_size, patch_size=size.patch_size)
+                  num_attention_heads=size.heads, image_size=size.image_size, patch_size=size.patch_size,
+                  initializer_range=0.02)
     config = BlipConfig(text_config=text, vision_config=vision, projection_dim=size.hidden,
                         image_text_hidden_size=size.hidden)
     torch.manual_seed(seed)

@@ -1,0 +1,212 @@
+"""Adapter files: bit-exact round trips and one clear error for each mismatch."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from datetime import datetime
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from blip_lora_core import AdapterError, LoraConfig, inject_lora, load_adapter, merge_lora, read_adapter, save_adapter
+from blip_lora_core.adapter_io import adapter_filename
+from blip_lora_core.lora import lora_layers, lora_state_dict, remove_lora
+from blip_lora_core.models import load_blip
+
+CONFIG = LoraConfig(r=4, alpha=8, dropout=0.05)
+
+
+def _trained(bundle, seed=1, config=CONFIG):
+    inject_lora(bundle.model, config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in lora_layers(bundle.model).values():
+            module.lora_A.copy_(torch.randn(module.lora_A.shape, generator=gen))
+            module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=gen))
+    return bundle.model
+
+
+def test_filename_carries_hyperparameters_and_timestamp():
+    name = adapter_filename(LoraConfig(r=16, alpha=32), batch_size=2, epochs=4, lr=1e-4,
+                            when=datetime(2025, 6, 7, 16, 15, 36))
+    assert name == "lora_r16_a32_bs2_ep4_lr0.0001_20250607_161536.safetensors"
+
+
+def test_round_trip_is_bit_exact_and_metadata_complete(tiny_bundle, tiny_model_dir, tmp_path):
+    model = _trained(tiny_bundle)
+    path = save_adapter(model, tmp_path / "a.safetensors", config=CONFIG, base_model="tiny", base_revision="abc",
+                        extra={"epochs": 2})
+    fresh = load_blip(str(tiny_model_dir)).model
+    info = load_adapter(fresh, path)
+    saved, loaded = lora_state_dict(model), lora_state_dict(fresh)
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    assert info.config == CONFIG and info.base_model == "tiny" and info.base_revision == "abc"
+    assert info.layers == list(lora_layers(model)) and info.extra == {"epochs": 2}
+    assert len(info.fingerprint) == 16
+    assert not any(p.requires_grad for n, p in fresh.named_parameters() if ".lora_" not in n)
+
+
+def test_saving_a_merged_model_saves_the_same_adapter(tiny_bundle, tiny_model_dir, tmp_path):
+    model = _trained(tiny_bundle)
+    unmerged = save_adapter(model, tmp_path / "u.safetensors", config=CONFIG).read_bytes()
+    merge_lora(model)
+    merged_path = save_adapter(model, tmp_path / "m.safetensors", config=CONFIG)
+    _, a = read_adapter(tmp_path / "u.safetensors")
+    _, b = read_adapter(merged_path)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert len(unmerged) == merged_path.stat().st_size
+    load_adapter(load_blip(str(tiny_model_dir)).model, merged_path)  # base probe still matches
+
+
+def test_loading_into_a_merged_model_keeps_it_merged(tiny_bundle, tiny_model_dir, tmp_path, pixels):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    other = load_blip(str(tiny_model_dir)).model.eval()
+    _trained(type(tiny_bundle)(other, None, None, ""), seed=7)
+    merge_lora(other)
+    load_adapter(other, path)
+    reference = load_blip(str(tiny_model_dir)).model.eval()
+    load_adapter(reference, path)
+    ids = torch.tensor([[reference.config.text_config.bos_token_id, 5, 6]] * 2)
+    with torch.no_grad():
+        torch.testing.assert_close(other(pixel_values=pixels, input_ids=ids).logits,
+                                   reference(pixel_values=pixels, input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_no_temporary_files_are_left(tiny_bundle, tmp_path):
+    save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
+
+
+def test_wrong_base_model_names_layer_and_shapes(tiny_bundle, tmp_path):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG, base_model="tiny")
+    from blip_lora_core.models import TinySize, build_tiny_blip
+    wider = load_blip(str(build_tiny_blip(tmp_path / "wide", ["one cube"], size=TinySize(hidden=32)))).model
+    with pytest.raises(AdapterError, match=r"layer vision_model\.encoder\.layers\.0\.self_attn\.qkv: .*\(96, 32\)"):
+        load_adapter(wider, path)
+    assert not lora_layers(wider)
+
+
+def test_same_shapes_but_other_weights_is_refused(tiny_bundle, tmp_path):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    from blip_lora_core.models import build_tiny_blip
+    from tests.conftest import CAPTIONS
+    other = load_blip(str(build_tiny_blip(tmp_path / "other", CAPTIONS, seed=5))).model
+    with pytest.raises(AdapterError, match="weights differ from the base"):
+        load_adapter(other, path)
+    assert not lora_layers(other)
+    load_adapter(other, path, check_base=False)
+    assert len(lora_layers(other)) == 8
+
+
+def test_rank_mismatch_with_an_injected_model(tiny_bundle, tiny_model_dir, tmp_path):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    model = load_blip(str(tiny_model_dir)).model
+    inject_lora(model, LoraConfig(r=8))
+    with pytest.raises(AdapterError, match=r"rank 8 \(lora_A \(8, 64\)\), the adapter rank 4"):
+        load_adapter(model, path)
+
+
+def test_missing_layer_in_the_model(tiny_bundle, tiny_model_dir, tmp_path):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    model = load_blip(str(tiny_model_dir)).model
+    del model.vision_model.encoder.layers[1]
+    with pytest.raises(AdapterError, match=r"layer vision_model\.encoder\.layers\.1\.self_attn\.qkv .*no such layer"):
+        load_adapter(model, path)
+    assert not lora_layers(model)
+
+
+def test_model_with_other_lora_layers(tiny_bundle, tiny_model_dir, tmp_path):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    model = load_blip(str(tiny_model_dir)).model
+    inject_lora(model, LoraConfig(r=4, targets=(r".*\.fc1",)))
+    with pytest.raises(AdapterError, match="LoRA layers differ"):
+        load_adapter(model, path)
+
+
+def _rewrite(path, out, mutate_tensors=None, mutate_meta=None):
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as handle:
+        meta, tensors = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+    if mutate_tensors:
+        mutate_tensors(tensors)
+    if mutate_meta:
+        mutate_meta(meta)
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
+def test_metadata_that_lies_about_the_rank(tiny_bundle, tmp_path):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    bad = _rewrite(path, tmp_path / "b.safetensors", mutate_meta=lambda m: m.update(r="8"))
+    with pytest.raises(AdapterError, match="do not have rank r=8"):
+        read_adapter(bad)
+
+
+def test_missing_tensor_and_nan_tensor(tiny_bundle, tmp_path):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    first = "vision_model.encoder.layers.0.self_attn.qkv"
+    missing = _rewrite(path, tmp_path / "m.safetensors", mutate_tensors=lambda t: t.pop(f"{first}.lora_B"))
+    with pytest.raises(AdapterError, match="missing"):
+        read_adapter(missing)
+    nan = _rewrite(path, tmp_path / "n.safetensors", mutate_tensors=lambda t: t[f"{first}.lora_B"].fill_(float("nan")))
+    with pytest.raises(AdapterError, match=f"layer {first}: .*NaN"):
+        read_adapter(nan)
+
+
+def test_not_an_adapter(tmp_path):
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(plain))
+    with pytest.raises(AdapterError, match="not a blip-lora adapter"):
+        read_adapter(plain)
+    with pytest.raises(AdapterError, match="no such adapter file"):
+        read_adapter(tmp_path / "missing.safetensors")
+
+
+def test_pickle_file_is_refused_without_unpickling(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled!')",))
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps({"x": Boom()}))
+    with pytest.raises(AdapterError, match="not a readable safetensors"):
+        read_adapter(path)
+    torch_file = tmp_path / "adapter.bin"
+    torch.save({"x": torch.zeros(2)}, torch_file)
+    with pytest.raises(AdapterError, match=str(torch_file.name)):
+        read_adapter(torch_file)
+
+
+@pytest.mark.parametrize("cut", [0, 7, 100, -10])
+def test_truncated_file(tiny_bundle, tmp_path, cut):
+    data = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG).read_bytes()
+    bad = tmp_path / "t.safetensors"
+    bad.write_bytes(data[:cut] if cut >= 0 else data[:cut])
+    with pytest.raises(AdapterError, match="t.safetensors"):
+        read_adapter(bad)
+
+
+def test_header_that_lies_about_shapes(tiny_bundle, tmp_path):
+    data = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG).read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + size])
+    key = next(k for k in header if k.endswith("lora_A"))
+    header[key]["shape"] = [header[key]["shape"][0] * 2, header[key]["shape"][1]]
+    text = json.dumps(header).encode()
+    bad = tmp_path / "lie.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + size:])
+    with pytest.raises(AdapterError, match="lie.safetensors"):
+        read_adapter(bad)
+
+
+def test_remove_after_load_restores_the_model(tiny_bundle, tiny_model_dir, tmp_path):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    model = load_blip(str(tiny_model_dir)).model
+    keys = list(model.state_dict())
+    load_adapter(model, path)
+    remove_lora(model)
+    assert list(model.state_dict()) == keys

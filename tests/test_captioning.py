@@ -16,13 +16,16 @@ def _images(n=3):
     return [Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) for _ in range(n)]
 
 
+ADAPTER = LoraConfig(r=4, alpha=64, targets=(r"vision_model\..*", r"text_decoder\..*\.(query|value)"))
+
+
 def _adapter(bundle, path, seed):
-    inject_lora(bundle.model, LoraConfig(r=4, alpha=64))
+    inject_lora(bundle.model, ADAPTER)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in lora_layers(bundle.model).values():
             module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=gen))
-    save_adapter(bundle.model, path, config=LoraConfig(r=4, alpha=64))
+    save_adapter(bundle.model, path, config=ADAPTER)
     remove_lora(bundle.model)
     return path
 

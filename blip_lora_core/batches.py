@@ -1,0 +1,58 @@
+"""The stream of training micro-batches: a pure function of (seed, epoch, position), so resuming at any
+optimizer step reproduces exactly the batches an uninterrupted run would have seen, on any number of
+DataLoader workers and DDP ranks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from .labels import TokenSpec, collate_text
+
+
+class CaptionCollator:
+    """Dataset items -> {pixel_values (B, 3, H, W), input_ids, attention_mask, labels (B, T)}."""
+
+    def __init__(self, tokenizer, spec: TokenSpec, default_prompt: str | None = None):
+        self.tokenizer, self.spec, self.default_prompt = tokenizer, spec, default_prompt or None
+
+    def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
+        prompts = [item.get("prompt") or self.default_prompt for item in items]
+        batch = collate_text(self.tokenizer, self.spec, [item["text"] for item in items], prompts)
+        batch["pixel_values"] = torch.stack([item["pixel_values"] for item in items])
+        return batch
+
+
+class MicroBatchStream:
+    """Micro-batches numbered globally: micro-batch k belongs to epoch k // per_epoch.
+
+    Each epoch shuffles the dataset with a generator seeded by (seed, epoch), pads it to a multiple of
+    the world size as DistributedSampler does, and gives rank r every world-th index.
+    """
+
+    def __init__(self, dataset, batch_size: int, collate, *, seed: int, rank: int = 0, world: int = 1,
+                 num_workers: int = 0):
+        self.dataset, self.batch_size, self.collate = dataset, batch_size, collate
+        self.seed, self.rank, self.world, self.num_workers = seed, rank, world, num_workers
+        self.per_epoch = math.ceil(math.ceil(len(dataset) / world) / batch_size)
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        order = order.tolist()
+        padded = order + order[: (-len(order)) % self.world]
+        shard = padded[self.rank::self.world]
+        return [shard[i:i + self.batch_size] for i in range(0, len(shard), self.batch_size)]
+
+    def iterate(self, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Micro-batches from global index start onward, forever."""
+        epoch, offset = divmod(start, self.per_epoch)
+        while True:
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+            loader = DataLoader(self.dataset, batch_sampler=self._epoch_batches(epoch)[offset:],
+                                collate_fn=self.collate, num_workers=self.num_workers)
+            yield from loader
+            epoch, offset = epoch + 1, 0

@@ -1,0 +1,141 @@
+"""Training configuration: one typed dataclass, filled from YAML and command-line overrides, validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .lora import DEFAULT_TARGETS, LoraConfig
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+FINETUNE_MODES = ("lora", "full")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved beside every adapter and checkpoint as config.yaml."""
+
+    model: str = "Salesforce/blip-image-captioning-large"
+    revision: str = ""
+    train_file: str = ""
+    val_file: str = ""
+    val_fraction: float = 0.0
+    output_dir: str = "runs/blip-lora"
+    prompt: str = ""
+    skip_bad: bool = False
+    finetune: str = "lora"
+    # LoRA
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    rslora: bool = False
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    # optimisation
+    epochs: int = 4
+    max_steps: int = 0
+    batch_size: int = 2
+    grad_accum: int = 4
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    precision: str = "fp16"
+    seed: int = 42
+    device: str = ""
+    num_workers: int = 2
+    augment: dict = field(default_factory=dict)
+    # evaluation and checkpoints
+    eval_every: int = 0
+    group_references: bool = False
+    max_new_tokens: int = 30
+    eval_batch_size: int = 16
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.targets = list(self.targets)
+        _check_types(self)
+        checks = [
+            (self.finetune in FINETUNE_MODES, f"finetune must be one of {FINETUNE_MODES}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+            (self.epochs >= 1 or self.max_steps >= 1, "epochs or max_steps must be at least 1"),
+            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be at least 1"),
+            (self.lr > 0 and 0.0 <= self.min_lr_ratio <= 1.0, "lr must be > 0 and min_lr_ratio in [0, 1]"),
+            (self.warmup_steps >= 0 and self.weight_decay >= 0, "warmup_steps and weight_decay must be >= 0"),
+            (self.grad_clip >= 0 and 0.0 <= self.label_smoothing < 1.0, "grad_clip >= 0, label_smoothing in [0, 1)"),
+            (min(self.eval_every, self.checkpoint_every, self.max_steps) >= 0, "step counts must be >= 0"),
+            (self.keep_checkpoints >= 1 and self.num_workers >= 0, "keep_checkpoints >= 1, num_workers >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        self.lora_config()  # validates r, alpha, dropout, targets
+
+    def lora_config(self) -> LoraConfig:
+        return LoraConfig(r=self.r, alpha=self.alpha, dropout=self.dropout, rslora=self.rslora,
+                          targets=tuple(self.targets))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_types(config: TrainConfig) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(config):
+        value, expected = getattr(config, f.name), hints[f.name]
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            setattr(config, f.name, float(value))
+            continue
+        origin = typing.get_origin(expected) or expected
+        if origin is types.UnionType:
+            origin = tuple(typing.get_origin(a) or a for a in typing.get_args(expected))
+        if isinstance(value, bool) and expected is not bool or not isinstance(value, origin):
+            raise ConfigError(f"{f.name} must be {getattr(expected, '__name__', expected)}, "
+                              f"got {type(value).__name__} {value!r}")
+    if not all(isinstance(t, str) for t in config.targets):
+        raise ConfigError("targets must be a list of strings")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file's values, then overrides (None values ignored); validated.
+
+    Unknown keys and wrong types raise ConfigError naming the file and the key.
+    """
+    values: dict[str, Any] = {}
+    if path:
+        values.update(_read_yaml(Path(path)))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path or 'overrides'}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    try:
+        return TrainConfig(**values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}" if path else str(error)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read YAML configuration ({error})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the configuration must be a mapping of settings, got {type(data).__name__}")
+    return data

@@ -1,0 +1,125 @@
+"""Training-image augmentation with PIL only, driven by an explicit numpy Generator (deterministic)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps, ImageStat
+
+from .errors import ConfigError
+
+Augment = Callable[[Image.Image, np.random.Generator], Image.Image]
+
+_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect-ratio range of random crops, as in torchvision
+_CROP_TRIES = 10
+
+
+@dataclass
+class AugmentConfig:
+    """What to apply to training images; every field at 0 / False means off.
+
+    random_resized_crop: smallest crop area as a fraction of the image (0 = off, max 1).
+    colour_jitter: brightness/contrast/saturation factors drawn from [1 - s, 1 + s] (max 1).
+    rotation_degrees: rotation drawn from [-d, d] degrees (max 180).
+    blur_sigma: Gaussian blur with sigma drawn from [0, blur_sigma].
+    hflip: mirror left-right with probability 0.5 (off by default: captions may say left/right).
+    """
+
+    random_resized_crop: float = 0.0
+    colour_jitter: float = 0.0
+    rotation_degrees: float = 0.0
+    blur_sigma: float = 0.0
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        _check_range("random_resized_crop", self.random_resized_crop, 1.0)
+        _check_range("colour_jitter", self.colour_jitter, 1.0)
+        _check_range("rotation_degrees", self.rotation_degrees, 180.0)
+        _check_range("blur_sigma", self.blur_sigma, 100.0)
+        if not isinstance(self.hflip, bool):
+            raise ConfigError(f"augment.hflip must be true or false, got {self.hflip!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> AugmentConfig:
+        """Build from a mapping (e.g. YAML); unknown keys are a ConfigError naming them."""
+        if d is None:
+            return cls()
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"augment must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in d if k not in known)
+        if unknown:
+            raise ConfigError(f"unknown augment option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**dict(d))
+
+    @property
+    def enabled(self) -> bool:
+        """True when any augmentation is on."""
+        return bool(self.random_resized_crop or self.colour_jitter or self.rotation_degrees
+                    or self.blur_sigma or self.hflip)
+
+
+def build_augment(cfg: AugmentConfig) -> Augment | None:
+    """Return ``augment(image, rng) -> image`` (same size, RGB), or None when everything is off.
+
+    Order: random resized crop, horizontal flip, rotation, colour jitter, blur. Each step draws
+    from ``rng`` only when enabled, so equal generators give equal images.
+    """
+    if not cfg.enabled:
+        return None
+
+    def augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        if cfg.random_resized_crop:
+            image = _random_resized_crop(image, rng, cfg.random_resized_crop)
+        if cfg.hflip and rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        if cfg.rotation_degrees:
+            image = _rotate(image, float(rng.uniform(-cfg.rotation_degrees, cfg.rotation_degrees)))
+        if cfg.colour_jitter:
+            image = _colour_jitter(image, rng, cfg.colour_jitter)
+        if cfg.blur_sigma:
+            image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.0, cfg.blur_sigma))))
+        return image
+
+    return augment
+
+
+def _check_range(name: str, value: Any, upper: float) -> None:
+    """ConfigError unless value is a real number in [0, upper]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"augment.{name} must be a number, got {value!r}")
+    if not 0.0 <= value <= upper:
+        raise ConfigError(f"augment.{name} must be between 0 and {upper:g}, got {value!r}")
+
+
+def _random_resized_crop(image: Image.Image, rng: np.random.Generator, min_scale: float) -> Image.Image:
+    """Crop a random box of area in [min_scale, 1] and aspect in 3/4..4/3, resized back to full size."""
+    width, height = image.size
+    box = (0.0, 0.0, float(width), float(height))
+    for _ in range(_CROP_TRIES):
+        area = width * height * rng.uniform(min_scale, 1.0)
+        ratio = math.exp(rng.uniform(math.log(_CROP_RATIO[0]), math.log(_CROP_RATIO[1])))
+        w, h = math.sqrt(area * ratio), math.sqrt(area / ratio)
+        if w <= width and h <= height:
+            left, top = rng.uniform(0.0, width - w), rng.uniform(0.0, height - h)
+            box = (left, top, left + w, top + h)
+            break
+    return image.resize((width, height), Image.Resampling.BICUBIC, box=box)
+
+
+def _rotate(image: Image.Image, degrees: float) -> Image.Image:
+    """Rotate about the centre, same size, corners filled with the image's mean colour."""
+    fill = tuple(int(round(c)) for c in ImageStat.Stat(image).mean[:3])
+    return image.rotate(degrees, resample=Image.Resampling.BILINEAR, fillcolor=fill)
+
+
+def _colour_jitter(image: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
+    """Brightness, contrast and saturation, each scaled by a factor from [1 - s, 1 + s]."""
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        image = enhancer(image).enhance(float(rng.uniform(1.0 - strength, 1.0 + strength)))
+    return image

@@ -49,6 +49,10 @@ def pil_to_rgb(img: Image.Image) -> Image.Image:
     img = ImageOps.exif_transpose(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
+    if img.mode == "La":
+        img = img.convert("LA")
+    if img.mode == "LAB":
+        return _lab_to_rgb(img)
     if img.mode in _ALPHA_MODES:
         return _over_white(img)
     if img.mode in _WIDE_MODES:
@@ -92,6 +96,14 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
             "(possible decompression bomb; raise max_pixels if the image is genuine)"
         )
     return img
+
+
+def _lab_to_rgb(img: Image.Image) -> Image.Image:
+    """CIE L*a*b* (as in some TIFFs) to sRGB through littlecms."""
+    from PIL import ImageCms  # noqa: PLC0415 - optional part of Pillow, needed for LAB only
+
+    lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+    return ImageCms.applyTransform(img, ImageCms.buildTransformFromOpenProfiles(lab, srgb, "LAB", "RGB"))
 
 
 def _over_white(img: Image.Image) -> Image.Image:

@@ -103,6 +103,17 @@ def test_exif_orientation_applied(tmp_path):
     assert np.abs(got[3, 3] - [255, 255, 255]).max() < 40
 
 
+def test_lab_converted_through_colour_management():
+    red = Image.new("LAB", (2, 2), (128, 128 + 80, 128 + 67))  # L*=50, a*=80, b*=67: a strong red
+    r, g, b = pil_to_rgb(red).getpixel((0, 0))
+    assert r > 200 and g < 40 and b < 40
+
+
+@pytest.mark.parametrize("mode", ["1", "YCbCr", "HSV", "PA", "La", "RGBa", "RGBX", "F", "I;16B"])
+def test_every_other_mode_becomes_rgb(mode):
+    assert pil_to_rgb(Image.new(mode, (3, 2))).mode == "RGB"
+
+
 def test_pil_to_rgb_in_memory_rgba():
     img = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
     assert _pixels(pil_to_rgb(img)).reshape(-1, 3).tolist() == [[255, 255, 255]] * 4

@@ -101,9 +101,9 @@ DOMAINS: dict[str, Domain] = {
     # Another room: dark wooden table, warm low light, low close camera, tilted, a wall behind.
     "shifted": Domain(
         elevation_deg=(18, 30), azimuth_deg=(-70, 70), roll_deg=(-12, 12), distance=(5.5, 7.0),
-        focal=(0.95, 1.15), spread=0.9, table_rgb=(96, 62, 38), table_jitter=0.12, grain=0.35,
+        focal=(0.95, 1.15), spread=0.9, table_rgb=(124, 82, 50), table_jitter=0.1, grain=0.35,
         wall_rgb=(70, 78, 92), wall_distance=(3.5, 7.0), light_rgb=(1.0, 0.86, 0.66), light_jitter=0.05,
-        intensity=(0.8, 1.0), ambient=(0.3, 0.4), light_elevation_deg=(25, 45),
+        intensity=(1.0, 1.25), ambient=(0.3, 0.4), light_elevation_deg=(25, 45),
         shadow_blur=(0.8, 1.5), vignette=(0.2, 0.45), noise_sigma=(4.0, 8.0),
     ),
     # The seed_blocks room at dusk: same table and camera, dim bluish light, strong noise.
@@ -373,7 +373,8 @@ def _sample_camera(dom: Domain, rng: np.random.Generator, size: tuple[int, int],
     right /= np.linalg.norm(right)
     up = np.cross(right, forward)
     width, pixels_high = size
-    centre = (width / 2 + rng.uniform(-0.03, 0.03) * width, pixels_high / 2 + rng.uniform(-0.03, 0.03) * width)
+    jitter = rng.uniform(-0.03, 0.03, 2) * width  # principal point off the image centre
+    centre = (width / 2 + jitter[0], pixels_high / 2 + jitter[1])
     return _Camera(position, np.stack([right, up, forward]), rng.uniform(*dom.focal) * width,
                    np.radians(rng.uniform(*dom.roll_deg)), centre, flat, target,
                    float(rng.uniform(*dom.wall_distance)))
@@ -480,7 +481,8 @@ def _draw_shadow(image: Image.Image, cubes: list[_Cube], cam: _Camera, light: _L
     base[:, :2] = base[:, :2].mean(0) + 1.1 * (base[:, :2] - base[:, :2].mean(0))  # a little wider
     ImageDraw.Draw(contact).polygon(_hull(_project(cam, base)), fill=255)
     contact = contact.filter(ImageFilter.GaussianBlur(2 * blur))
-    direct = (1 - light.ambient) * light.direction[2] / (light.ambient + (1 - light.ambient) * light.direction[2])
+    sun = (1 - light.ambient) * light.direction[2]
+    direct = sun / (light.ambient + sun)  # the share of the table's light that the stack blocks
     dark = 0.85 * direct * np.asarray(mask, np.float64) / 255 + 0.25 * np.asarray(contact, np.float64) / 255
     pixels = np.asarray(image, np.float64) * (1 - np.clip(dark, 0, 0.9))[..., None]
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))

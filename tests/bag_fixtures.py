@@ -1,0 +1,122 @@
+"""Build small ROS 2 bags for tests with rosbags' Writer (real message types, sqlite3 or mcap storage)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+STRING = "std_msgs/msg/String"
+_STORAGE = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One message to write: topic, message object, receive time (ns)."""
+
+    topic: str
+    msg: Any
+    time_ns: int
+
+
+def _header(stamp_ns: int, frame_id: str = "camera") -> Any:
+    types = TYPESTORE.types
+    stamp = types["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+    return types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+
+
+def image_msg(rgb: np.ndarray, encoding: str = "rgb8", stamp_ns: int = 0, pad: int = 0) -> Any:
+    """(H, W, 3) uint8 RGB -> sensor_msgs/Image in rgb8 or bgr8, rows padded by ``pad`` bytes."""
+    height, width = rgb.shape[:2]
+    pixels = rgb if encoding == "rgb8" else np.ascontiguousarray(rgb[..., ::-1])
+    step = width * 3 + pad
+    rows = np.zeros((height, step), np.uint8)
+    rows[:, : width * 3] = pixels.reshape(height, width * 3)
+    rows[:, width * 3:] = 0xAB  # padding garbage that must never leak into the decoded image
+    return TYPESTORE.types[IMAGE](header=_header(stamp_ns), height=height, width=width, encoding=encoding,
+                                  is_bigendian=0, step=step, data=rows.reshape(-1))
+
+
+def raw_msg(height: int, width: int, encoding: str, step: int, data: bytes, stamp_ns: int = 0) -> Any:
+    """A sensor_msgs/Image with arbitrary fields (for bad-encoding tests)."""
+    return TYPESTORE.types[IMAGE](header=_header(stamp_ns), height=height, width=width, encoding=encoding,
+                                  is_bigendian=0, step=step, data=np.frombuffer(data, np.uint8).copy())
+
+
+def compressed_msg(rgb: np.ndarray, fmt: str = "png", stamp_ns: int = 0) -> Any:
+    """(H, W, 3) uint8 RGB -> sensor_msgs/CompressedImage encoded as png or jpeg."""
+    ok, buf = cv2.imencode(".png" if fmt == "png" else ".jpg", np.ascontiguousarray(rgb[..., ::-1]))
+    assert ok
+    return TYPESTORE.types[COMPRESSED](header=_header(stamp_ns), format=fmt, data=buf.reshape(-1))
+
+
+def string_msg(text: str) -> Any:
+    return TYPESTORE.types[STRING](data=text)
+
+
+def write_bag(path: Path, frames: Iterable[Frame], storage: str = "sqlite3") -> Path:
+    """Write frames into a new bag folder at path (one connection per topic and type); returns path."""
+    connections: dict[tuple[str, str], Any] = {}
+    with Writer(path, version=9, storage_plugin=_STORAGE[storage]) as writer:
+        for frame in frames:
+            key = (frame.topic, frame.msg.__msgtype__)
+            if key not in connections:
+                connections[key] = writer.add_connection(frame.topic, key[1], typestore=TYPESTORE)
+            data = TYPESTORE.serialize_cdr(frame.msg, key[1])
+            writer.write(connections[key], frame.time_ns, bytes(data))
+    return path
+
+
+def storage_file(bag: Path) -> Path:
+    """The single .db3 or .mcap file inside a bag folder."""
+    (found,) = [p for p in bag.iterdir() if p.suffix in (".db3", ".mcap")]
+    return found
+
+
+def read_topic(bag: Path, topic: str) -> list[tuple[int, Any]]:
+    """(receive time ns, message) of every message on topic, in bag order."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        return [(t, TYPESTORE.deserialize_cdr(raw, c.msgtype)) for c, t, raw in reader.messages(conns)]
+
+
+def seed_frames(seed_blocks: Path, per_scene: int = 3, size: tuple[int, int] = (96, 54)) -> list[np.ndarray]:
+    """The first ``per_scene`` photos of each seed_blocks scene, resized to size (W, H), as RGB arrays."""
+    from PIL import Image
+
+    images = sorted((seed_blocks / "image_train").glob("*.jpg"))
+    scenes: dict[str, list[Path]] = {}
+    for image in images:
+        scenes.setdefault(image.stem.rsplit("_", 1)[0], []).append(image)
+    picked = [p for group in scenes.values() for p in group[:per_scene]]
+    return [np.asarray(Image.open(p).convert("RGB").resize(size, Image.BILINEAR)) for p in picked]
+
+
+def camera_frames(images: Sequence[np.ndarray], kinds: Sequence[str], topic: str = "/camera/image_raw",
+                  start_ns: int = 1_700_000_000 * 10**9, period_ns: int = 100_000_000,
+                  stamped: bool = True) -> list[Frame]:
+    """One message per image on topic, kinds cycling over rgb8/bgr8/rgb8_pad/bgr8_pad/png/jpeg, one per period.
+
+    Each message is received 3 ms after its header stamp; ``stamped=False`` leaves the header stamp zero.
+    """
+    frames = []
+    for i, rgb in enumerate(images):
+        kind, stamp = kinds[i % len(kinds)], start_ns + i * period_ns
+        header_ns = stamp if stamped else 0
+        if kind in ("png", "jpeg"):
+            msg = compressed_msg(rgb, kind, header_ns)
+        else:
+            msg = image_msg(rgb, kind.removesuffix("_pad"), header_ns, pad=5 if kind.endswith("_pad") else 0)
+        frames.append(Frame(topic, msg, stamp + 3_000_000))
+    return frames

@@ -1,0 +1,284 @@
+"""ROS 2 bags without ROS: reading camera topics, `bag extract`, `bag caption`, and every error case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bag_fixtures import (Frame, camera_frames, raw_msg, read_topic, seed_frames, storage_file, string_msg,
+                          write_bag)
+from blip_lora_core.bag_extract import ExtractOptions, extract_frames
+from blip_lora_core.bags import read_camera, resolve_bag
+from blip_lora_core.errors import BagError, ConfigError, DataError
+from blip_lora_core.image_msgs import decode_message
+from blip_lora_training.cli import main
+
+RAW = "/camera/image_raw"
+PNG = "/camera/png/compressed"
+JPEG = "/camera/image_raw/compressed"
+START = 1_700_000_000 * 10**9
+RAW_KINDS = ("rgb8", "bgr8", "rgb8_pad", "bgr8_pad")
+
+
+@pytest.fixture()
+def images(seed_blocks) -> list[np.ndarray]:
+    """21 photos (first 3 frames of each of the 7 seed_blocks scenes) at 96x54."""
+    return seed_frames(seed_blocks)
+
+
+def _mixed_bag(path: Path, images: list[np.ndarray], storage: str) -> Path:
+    """Raw frames on RAW, png on PNG, jpeg on JPEG, and a String topic /status."""
+    frames = (camera_frames(images, RAW_KINDS, RAW) + camera_frames(images, ["png"], PNG)
+              + camera_frames(images, ["jpeg"], JPEG) + [Frame("/status", string_msg("ok"), START)])
+    return write_bag(path, sorted(frames, key=lambda f: f.time_ns), storage)
+
+
+@pytest.fixture(params=["sqlite3", "mcap"])
+def bag(request, tmp_path, images) -> Path:
+    return _mixed_bag(tmp_path / f"bag_{request.param}", images, request.param)
+
+
+def _cli(*args) -> int:
+    return main(["bag", *map(str, args)])
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "annotations.jsonl").read_text().splitlines()]
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+# ---- reading --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("topic", [RAW, PNG])
+@pytest.mark.parametrize("as_file", [False, True])
+def test_lossless_frames_decode_to_the_source_pixels(bag, images, topic, as_file):
+    source = storage_file(bag) if as_file else bag
+    messages = list(read_camera(source, topic))
+    assert [m.index for m in messages] == list(range(len(images)))
+    for message, expected in zip(messages, images):
+        np.testing.assert_array_equal(decode_message(message.msg), expected)
+        assert message.stamp_source == "header" and message.time_ns == message.stamp_ns + 3_000_000
+
+
+def test_bare_folder_without_metadata_reads_its_storage_file(bag, tmp_path, images):
+    bare = tmp_path / "cut_short"
+    bare.mkdir()
+    shutil.copy(storage_file(bag), bare)
+    assert resolve_bag(bare) == bare / storage_file(bag).name
+    assert len(list(read_camera(bare, RAW))) == len(images)
+
+
+# ---- extract --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_extract_round_trip_image_by_image(bag, images, tmp_path, as_file):
+    source = storage_file(bag) if as_file else bag
+    assert _cli("extract", source, "--topic", RAW, "--out", tmp_path / "ds") == 0
+    rows = _rows(tmp_path / "ds")
+    assert len(rows) == len(images)
+    for i, (row, expected) in enumerate(zip(rows, images)):
+        stamp = START + i * 100_000_000
+        assert row["image"] == f"images/frame_{stamp // 10**9}_{stamp % 10**9:09d}.jpg"
+        assert row["text"] == "" and row["reviewed"] is False and row["index"] == i
+        assert row["ros_stamp"] == {"sec": stamp // 10**9, "nanosec": stamp % 10**9}
+        assert row["stamp"] == pytest.approx(stamp / 1e9) and row["stamp_source"] == "header"
+        assert row["topic"] == RAW and row["bag"] == str(Path(source).absolute())
+        written = np.asarray(Image.open(tmp_path / "ds" / row["image"]), dtype=np.float32)
+        assert np.abs(written - expected).mean() < 3
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["annotations.jsonl", "images"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_extract_from_jpeg_topic(bag, images, tmp_path):
+    assert _cli("extract", bag, "--topic", JPEG, "--out", tmp_path / "ds") == 0
+    rows = _rows(tmp_path / "ds")
+    for row, expected in zip(rows, images):
+        written = np.asarray(Image.open(tmp_path / "ds" / row["image"]), dtype=np.float32)
+        assert np.abs(written - expected).mean() < 4  # compressed twice
+    assert len(rows) == len(images)
+
+
+def test_every_keeps_one_frame_per_interval(bag, tmp_path):
+    assert _cli("extract", bag, "--topic", PNG, "--every", "0.25", "--out", tmp_path / "ds") == 0
+    stamps = [r["ros_stamp"]["sec"] * 10**9 + r["ros_stamp"]["nanosec"] - START for r in _rows(tmp_path / "ds")]
+    assert stamps == [i * 300_000_000 for i in range(7)]  # frames every 0.1 s: 0.0, 0.3, 0.6, ... 1.8
+
+
+def test_every_falls_back_to_receive_time(tmp_path, images):
+    bag = write_bag(tmp_path / "b", camera_frames(images[:10], ["rgb8"], RAW, stamped=False), "mcap")
+    report = extract_frames(bag, tmp_path / "ds", ExtractOptions(RAW, every=0.45))
+    rows = _rows(tmp_path / "ds")
+    assert report.kept == 2 and report.skipped_every == 8
+    assert [r["stamp_source"] for r in rows] == ["receive", "receive"]
+    assert [r["bag_time_ns"] - START for r in rows] == [3_000_000, 503_000_000]
+    assert rows[0]["image"] == "images/frame_1700000000_003000000.jpg"
+
+
+def test_dedup_skips_near_duplicates(tmp_path, images):
+    rng = np.random.default_rng(0)
+    repeated = []
+    for image in images[:6]:  # each photo three times, the copies with +-1 noise
+        repeated += [image] + [np.clip(image.astype(int) + rng.integers(-1, 2, image.shape), 0, 255)
+                               .astype(np.uint8) for _ in range(2)]
+    bag = write_bag(tmp_path / "b", camera_frames(repeated, ["png"], RAW), "sqlite3")
+    report = extract_frames(bag, tmp_path / "ds", ExtractOptions(RAW, dedup_threshold=2.0))
+    assert report.kept == 6 and report.skipped_duplicate == 12
+    assert [r["index"] for r in _rows(tmp_path / "ds")] == [0, 3, 6, 9, 12, 15]
+
+
+def test_extract_twice_with_force_is_identical(bag, tmp_path):
+    out = tmp_path / "ds"
+    assert _cli("extract", bag, "--topic", RAW, "--every", "0.2", "--out", out) == 0
+    first = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert _cli("extract", bag, "--topic", RAW, "--every", "0.2", "--out", out, "--force") == 0
+    second = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert first == second and len(first) == 12
+    assert _leftovers(tmp_path) == []
+
+
+def test_extract_refuses_to_overwrite(bag, tmp_path, capsys):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert _cli("extract", bag, "--topic", RAW, "--out", out) == 2
+    assert "--force" in capsys.readouterr().err
+    assert _cli("extract", bag, "--topic", RAW, "--out", out, "--force") == 2  # not a dataset folder
+    assert "does not look like a dataset folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _cli("extract", bag, "--topic", RAW, "--out", empty) == 0
+
+
+def test_unlabelled_rows_are_refused_by_the_dataset_reader(bag, tmp_path):
+    from blip_lora_core.data import read_jsonl
+
+    extract_frames(bag, tmp_path / "ds", ExtractOptions(RAW, every=1.0))
+    with pytest.raises(DataError, match="text"):
+        read_jsonl(tmp_path / "ds" / "annotations.jsonl")
+
+
+def test_precaption_fills_text_and_marks_unreviewed(bag, images, tmp_path, tiny_model_dir):
+    from blip_lora_core.captioning import Captioner
+    from blip_lora_core.data import read_jsonl
+
+    out = tmp_path / "ds"
+    assert _cli("extract", bag, "--topic", RAW, "--every", "0.5", "--out", out, "--precaption",
+                "--model", tiny_model_dir, "--batch-size", "3", "--max-new-tokens", "5") == 0
+    rows = _rows(out)
+    assert len(rows) == 5 and all(r["reviewed"] is False for r in rows)
+    assert all(isinstance(r["text"], str) and r["text"] for r in rows)
+    assert rows[0]["precaption"] == {"model": str(tiny_model_dir), "adapter": None, "prompt": None}
+    captioner = Captioner.from_pretrained(str(tiny_model_dir), device="cpu", max_new_tokens=5)
+    assert [r["text"] for r in rows] == captioner.caption([images[r["index"]] for r in rows])
+    samples, bad = read_jsonl(out / "annotations.jsonl")
+    assert not bad and [s.extras["reviewed"] for s in samples] == [False] * 5
+
+
+# ---- errors ---------------------------------------------------------------------------------------------
+
+
+def test_missing_topic_lists_the_topics_present(bag, tmp_path, capsys):
+    assert _cli("extract", bag, "--topic", "/nope", "--out", tmp_path / "ds") == 2
+    err = capsys.readouterr().err
+    assert "/nope not found" in err and f"{RAW} (sensor_msgs/msg/Image)" in err
+    assert "/status (std_msgs/msg/String)" in err and not (tmp_path / "ds").exists()
+
+
+def test_unsupported_message_type_is_named(bag, tmp_path):
+    with pytest.raises(BagError, match="std_msgs/msg/String"):
+        extract_frames(bag, tmp_path / "ds", ExtractOptions("/status"))
+    assert not (tmp_path / "ds").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("damage", ["half", "flip", "flip_middle", "garbage"])
+def test_corrupt_files_name_the_file_and_leave_no_output(bag, tmp_path, damage):
+    data = bytearray(storage_file(bag).read_bytes())
+    if damage == "half":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        for i in range(0, len(data), 97):  # flip bytes across the whole file
+            data[i] ^= 0xFF
+    elif damage == "flip_middle":  # the header survives, the records and index between do not
+        for i in range(len(data) // 4, len(data) // 2):
+            data[i] ^= 0x5A
+    else:
+        data = bytearray(b"not a bag " * 100)
+    broken = tmp_path / f"broken{storage_file(bag).suffix}"
+    broken.write_bytes(bytes(data))
+    out = tmp_path / "ds"
+    with pytest.raises(BagError, match=str(broken)):
+        extract_frames(broken, out, ExtractOptions(RAW, strict=True))
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_damaged_bags_raise_only_bag_errors(tmp_path, images, storage):
+    """Seeded byte flips anywhere: extract succeeds or raises BagError, never anything else."""
+    bag = write_bag(tmp_path / "b", camera_frames(images[:8], ["rgb8", "png"], RAW), storage)
+    clean = storage_file(bag).read_bytes()
+    rng = np.random.default_rng(1)
+    for trial in range(12):
+        data = bytearray(clean)
+        start = int(rng.integers(0, len(data) - 64))
+        for i in range(start, start + int(rng.integers(1, 64))):
+            data[i] ^= int(rng.integers(1, 256))
+        broken = tmp_path / f"t{trial}{storage_file(bag).suffix}"
+        broken.write_bytes(bytes(data))
+        try:
+            extract_frames(broken, tmp_path / f"out{trial}", ExtractOptions(RAW))
+        except BagError as exc:
+            assert str(broken) in str(exc)
+            assert not (tmp_path / f"out{trial}").exists()
+
+
+def test_not_a_bag(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(BagError, match="not a ROS 2 bag"):
+        resolve_bag(tmp_path / "notes.txt")
+    with pytest.raises(BagError, match="no such bag"):
+        resolve_bag(tmp_path / "missing.mcap")
+
+
+def _bag_with_bad_frame(tmp_path: Path, images: list[np.ndarray]) -> Path:
+    frames = camera_frames(images[:4], ["rgb8"], RAW)
+    bad = raw_msg(2, 2, "yuv444", 6, bytes(12), START + 150_000_000)
+    frames.insert(2, Frame(RAW, bad, START + 150_000_000))
+    return write_bag(tmp_path / "b", frames, "mcap")
+
+
+def test_bad_frame_is_skipped_and_counted(tmp_path, images, caplog):
+    bag = _bag_with_bad_frame(tmp_path, images)
+    report = extract_frames(bag, tmp_path / "ds", ExtractOptions(RAW))
+    assert report.kept == 4 and report.bad_frames == 1
+    assert [r["index"] for r in _rows(tmp_path / "ds")] == [0, 1, 3, 4]
+    assert "yuv444" in caplog.text and f"message 2 on {RAW}" in caplog.text
+
+
+def test_bad_frame_fails_when_strict(tmp_path, images, capsys):
+    bag = _bag_with_bad_frame(tmp_path, images)
+    assert _cli("extract", bag, "--topic", RAW, "--out", tmp_path / "ds", "--strict") == 2
+    err = capsys.readouterr().err
+    assert "yuv444" in err and f"message 2 on {RAW}" in err and "unsupported encoding" in err
+    assert not (tmp_path / "ds").exists() and _leftovers(tmp_path) == []
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError):
+        ExtractOptions(RAW, every=-1)
+    with pytest.raises(ConfigError):
+        ExtractOptions(RAW, dedup_threshold=300)
+
+
+def test_fixture_bags_hold_what_was_written(bag, images):
+    assert len(read_topic(bag, "/status")) == 1 and len(read_topic(bag, JPEG)) == len(images)

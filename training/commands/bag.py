@@ -1,0 +1,75 @@
+"""`blip-lora bag`: work with ROS 2 recordings (no ROS needed): extract frames, caption a recording."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from blip_lora_core.bag_extract import ExtractOptions, Precaption, extract_frames
+
+from ._model_args import add_model_args, captioner_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bag", help="extract frames from / caption ROS 2 bags (.db3, .mcap or bag folders)",
+        description="Work with ROS 2 bags without ROS: sqlite3 (.db3) and mcap storage, as a bag folder "
+                    "(metadata.yaml) or a single file.")
+    actions = parser.add_subparsers(dest="bag_command", required=True, metavar="ACTION")
+    _register_extract(actions)
+    _register_caption(actions)
+
+
+def _register_extract(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "extract", help="write camera frames as a dataset folder to label",
+        description="Write frames of an Image/CompressedImage topic as JPEGs (quality 95) plus an "
+                    "annotations.jsonl in the format `train` reads. Captions are empty (\"text\": \"\") "
+                    "unless --precaption fills them; every row has \"reviewed\": false. `train` refuses "
+                    "empty captions: write or correct them first.")
+    parser.add_argument("bag", type=Path, help="bag folder, .db3 or .mcap file")
+    _add_topic(parser)
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    parser.add_argument("--every", type=float, default=0.0,
+                        help="keep at most one frame per this many seconds of header stamp (default 0: all)")
+    parser.add_argument("--dedup-threshold", type=float, default=None, metavar="X",
+                        help="skip a frame whose 32x32 grayscale thumbnail differs from the last kept "
+                             "frame by a mean absolute value (0-255) below X")
+    parser.add_argument("--precaption", action="store_true",
+                        help="fill the captions with --model/--adapter so a person corrects instead of typing")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out if it exists (only a folder holding an annotations.jsonl)")
+    _add_strict(parser)
+    add_model_args(parser)
+    parser.set_defaults(func=run_extract)
+
+
+def _register_caption(actions: argparse._SubParsersAction) -> None:
+    pass
+
+
+def _add_topic(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--topic", default="/camera/image_raw",
+                        help="sensor_msgs/Image or CompressedImage topic (default /camera/image_raw)")
+
+
+def _add_strict(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on an undecodable frame (default: skip it, count it and warn)")
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    options = ExtractOptions(args.topic, every=args.every, dedup_threshold=args.dedup_threshold,
+                             strict=args.strict)
+    precaption = None
+    if args.precaption:
+        captioner = captioner_from_args(args)
+        meta = {"model": args.model, "adapter": args.adapter, "prompt": args.prompt}
+        precaption = Precaption(captioner.caption, batch_size=args.batch_size, meta=meta)
+    report = extract_frames(args.bag, args.out, options, force=args.force, precaption=precaption)
+    print(f"wrote {report.kept} frames of {report.messages} messages on {args.topic} to {report.out} "
+          f"(skipped: {report.skipped_every} by --every, {report.skipped_duplicate} near-duplicates, "
+          f"{report.bad_frames} undecodable)")
+    if not args.precaption:
+        print(f"captions are empty: write them in {report.out / 'annotations.jsonl'} before training")
+    return 0

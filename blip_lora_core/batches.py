@@ -52,7 +52,10 @@ class MicroBatchStream:
         while True:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(epoch)
+            # its own generator: creating a loader must not draw from the global RNG, or resuming
+            # mid-epoch would shift the dropout randomness of every later step
             loader = DataLoader(self.dataset, batch_sampler=self._epoch_batches(epoch)[offset:],
-                                collate_fn=self.collate, num_workers=self.num_workers)
+                                collate_fn=self.collate, num_workers=self.num_workers,
+                                generator=torch.Generator().manual_seed(self.seed + epoch))
             yield from loader
             epoch, offset = epoch + 1, 0

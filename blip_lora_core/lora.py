@@ -136,10 +136,16 @@ def _hook_layer(module: nn.Linear, config: LoraConfig) -> None:
     module._lora = _LoraState(config.scaling, float(config.dropout), handle)
 
 
-def remove_lora(model: nn.Module) -> None:
-    """Unhook and delete every adapter; unmerges first, and restores the original requires_grad flags."""
+def remove_lora(model: nn.Module, *, keep_merged: bool = False) -> None:
+    """Unhook and delete every adapter and restore the original requires_grad flags.
+
+    By default merged adapters are unmerged first, giving back the base model; keep_merged=True merges
+    them (if not yet) and keeps them in the weights: a plain model that carries the adapted weights.
+    """
+    if keep_merged:
+        merge_lora(model)
     for module in lora_layers(model).values():
-        if module._lora.merged:
+        if module._lora.merged and not keep_merged:
             _unmerge_layer(module)
         module._lora.handle.remove()
         del module.lora_A, module.lora_B, module._lora

@@ -1,0 +1,209 @@
+"""The training loop: schedule, accumulation, resume, NaN stop, configuration, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from blip_lora_core import ConfigError, TrainingError, read_adapter
+from blip_lora_core.schedule import lr_factor
+from blip_lora_core.train import train
+from blip_lora_core.train_config import load_config
+from blip_lora_core.lora import lora_state_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory) -> Path:
+    from blip_lora_core.synth import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("synth") / "data", 12, seed=0, size=(64, 64))
+
+
+def _config(model_dir, data, out, **overrides):
+    values = dict(model=str(model_dir), train_file=str(data), output_dir=str(out), batch_size=2, grad_accum=1,
+                  epochs=1, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0, progress=False, r=4,
+                  alpha=8, dropout=0.0, seed=3, max_new_tokens=5)
+    values.update(overrides)
+    return load_config(None, values)
+
+
+def _adapter_tensors(path):
+    return read_adapter(path)[1]
+
+
+# -- schedule ------------------------------------------------------------------------------------
+
+def test_schedule_warms_up_linearly_then_reaches_the_floor_at_the_last_step():
+    factors = [lr_factor(s, 10, 3, 0.1) for s in range(10)]
+    assert factors[:3] == [1 / 3, 2 / 3, 1.0]
+    assert factors[-1] == pytest.approx(0.1, abs=1e-12)
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
+    assert factors[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    assert lr_factor(0, 1, 5, 0.0) == 0.0
+    with pytest.raises(ValueError):
+        lr_factor(10, 10, 3)
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+def test_yaml_defaults_match_the_original_project():
+    config = load_config(REPO / "config" / "train.yaml")
+    assert (config.batch_size, config.grad_accum, config.lr, config.r, config.alpha, config.dropout,
+            config.warmup_steps, config.precision) == (2, 4, 1e-4, 16, 32.0, 0.05, 100, "fp16")
+    assert config.model == "Salesforce/blip-image-captioning-large"
+
+
+def test_unknown_key_and_wrong_type_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 0.1\nbatchsize: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown setting\(s\) \['batchsize'\]"):
+        load_config(bad)
+    bad.write_text("epochs: three\n")
+    with pytest.raises(ConfigError, match="bad.yaml: epochs must be int"):
+        load_config(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(None, {"precision": "fp8"})
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+def test_lora_training_lowers_the_loss_and_writes_everything(tiny_model_dir, synth_data, tmp_path):
+    targets = [r"vision_model\..*", r"text_decoder\..*\.(query|value)"]
+    result = train(_config(tiny_model_dir, synth_data, tmp_path / "run", epochs=3, val_file=str(synth_data), alpha=32,
+                           targets=targets, lr=2e-2))
+    losses = [row["loss"] for row in result.history]
+    assert len(losses) == 3 * 6 and sum(losses[-4:]) < 0.95 * sum(losses[:4])
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "train_log.csv", "eval_log.csv", "loss_curve.png", "last.safetensors",
+            "best.safetensors"} <= names
+    assert result.adapter.name.startswith("lora_r4_a32_bs2_ep3_lr0.02_")
+    assert result.adapter.read_bytes() == (tmp_path / "run" / "best.safetensors").read_bytes()
+    assert set(result.best) >= {"exact_match", "bleu4", "cider", "step"}
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.train_file == str(synth_data) and saved.r == 4
+    info, _ = read_adapter(result.adapter)
+    assert info.base_model == str(tiny_model_dir) and info.config.r == 4
+
+
+def test_accumulating_4_x_batch_1_equals_batch_4(tiny_model_dir, synth_data, tmp_path):
+    one = train(_config(tiny_model_dir, synth_data, tmp_path / "a", batch_size=4, grad_accum=1, max_steps=2))
+    acc = train(_config(tiny_model_dir, synth_data, tmp_path / "b", batch_size=1, grad_accum=4, max_steps=2))
+    a, b = _adapter_tensors(one.adapter), _adapter_tensors(acc.adapter)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert [r["loss"] for r in one.history] == pytest.approx([r["loss"] for r in acc.history], rel=1e-5)
+    assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if k.endswith("lora_B"))
+
+
+def test_resume_ends_with_the_same_adapter(tiny_model_dir, synth_data, tmp_path):
+    settings = dict(epochs=3, checkpoint_every=4, dropout=0.1, augment={"colour_jitter": 0.3})
+    full = train(_config(tiny_model_dir, synth_data, tmp_path / "full", **settings))
+    from blip_lora_core.checkpoint import latest_checkpoint
+
+    partial = _config(tiny_model_dir, synth_data, tmp_path / "part", **settings)
+    _run_until(partial, 9)  # killed after step 9: the newest checkpoint is step 8's
+    assert latest_checkpoint(tmp_path / "part" / "checkpoints").step == 8
+    resumed = train(partial, resume=True)
+    a, b = _adapter_tensors(full.adapter), _adapter_tensors(resumed.adapter)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history[8:]]
+
+
+def _run_until(config, stop_after: int) -> None:
+    """Run training and interrupt it (as SIGKILL would) once optimizer step stop_after has finished."""
+    import blip_lora_core.train as train_module
+
+    original = train_module._log_row
+
+    def counting(step, *args, **kwargs):
+        row = original(step, *args, **kwargs)
+        if step == stop_after:
+            raise SystemExit("killed")
+        return row
+
+    train_module._log_row = counting
+    try:
+        with pytest.raises(SystemExit):
+            train(config)
+    finally:
+        train_module._log_row = original
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_model_dir, synth_data, tmp_path):
+    config = _config(tiny_model_dir, synth_data, tmp_path / "nan", epochs=3, checkpoint_every=2)
+    import blip_lora_core.train as train_module
+
+    original, calls = train_module.token_loss_sum, {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        value = original(*args)
+        return value * float("nan") if calls["n"] == 5 else value
+
+    train_module.token_loss_sum = poisoned
+    try:
+        with pytest.raises(TrainingError, match=r"loss is nan at step 5 .*step_00000004\.safetensors"):
+            train(config)
+    finally:
+        train_module.token_loss_sum = original
+    from blip_lora_core.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "nan" / "checkpoints" / "step_00000004.safetensors").step == 4
+
+
+def test_fp16_on_cpu_falls_back_and_bf16_trains(tiny_model_dir, synth_data, tmp_path):
+    result = train(_config(tiny_model_dir, synth_data, tmp_path / "bf16", precision="bf16", max_steps=3))
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    fp16 = train(_config(tiny_model_dir, synth_data, tmp_path / "fp16", precision="fp16", max_steps=1))
+    assert load_config(tmp_path / "fp16" / "config.yaml").precision == "fp32"
+    assert fp16.steps == 1
+
+
+def test_prompt_is_trained_and_stripped(tiny_model_dir, synth_data, tmp_path):
+    result = train(_config(tiny_model_dir, synth_data, tmp_path / "p", prompt="a picture of", max_steps=2))
+    info, _ = read_adapter(result.adapter)
+    assert info.extra["prompt"] == "a picture of"
+
+
+def test_unreviewed_rows_warn(tiny_model_dir, synth_data, tmp_path, caplog):
+    rows = [json.loads(line) for line in synth_data.read_text().splitlines()]
+    rows[0]["reviewed"] = False
+    data = synth_data.parent / "unreviewed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING"):
+        train(_config(tiny_model_dir, data, tmp_path / "u", max_steps=1))
+    assert "1 of 12 training rows are marked unreviewed" in caplog.text
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_gloo_equal_one_process_with_twice_the_batch(tiny_model_dir, synth_data, tmp_path):
+    single = train(_config(tiny_model_dir, synth_data, tmp_path / "single", batch_size=2, max_steps=3))
+    script = tmp_path / "ddp_train.py"
+    script.write_text(
+        "import sys\nfrom blip_lora_core.train import train\nfrom blip_lora_core.train_config import load_config\n"
+        f"train(load_config(None, {_ddp_overrides(tiny_model_dir, synth_data, tmp_path / 'ddp')!r}))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    "29517", str(script)], check=True, env=env, timeout=240, capture_output=True)
+    adapters = list((tmp_path / "ddp").glob("lora_*.safetensors"))
+    a, b = _adapter_tensors(single.adapter), _adapter_tensors(adapters[0])
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def _ddp_overrides(model_dir, data, out):
+    return dict(model=str(model_dir), train_file=str(data), output_dir=str(out), batch_size=1, grad_accum=1,
+                max_steps=3, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0, progress=False, r=4,
+                alpha=8, dropout=0.0, seed=3, device="cpu")

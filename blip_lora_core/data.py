@@ -88,13 +88,16 @@ def split_by_order(samples: Sequence[Sample], val_fraction: float) -> tuple[list
 
     Groups come from :func:`scene_group`. Each group of two or more samples gives
     ``max(1, round(n * val_fraction))`` (at most n - 1) samples to validation; single-sample groups
-    stay in training. Both lists keep the input order.
+    stay in training. When every group is a single sample (unique file names), the whole file is one
+    group: its last fraction is held out. Both lists keep the input order.
     """
     if isinstance(val_fraction, bool) or not (0.0 <= float(val_fraction) < 1.0):
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     groups: dict[str, list[int]] = {}
     for i, sample in enumerate(samples):
         groups.setdefault(scene_group(sample.image), []).append(i)
+    if val_fraction > 0 and len(groups) == len(samples) > 1:
+        groups = {"": list(range(len(samples)))}
     val_index: set[int] = set()
     for members in groups.values():
         val_index.update(members[len(members) - _val_count(len(members), val_fraction):])

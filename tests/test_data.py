@@ -279,3 +279,11 @@ def test_dataset_without_augment_ignores_epoch(dataset_samples):
     assert torch.equal(first, ds[0]["pixel_values"])
     with pytest.raises(ConfigError):
         ds.set_epoch(-1)
+
+
+def test_split_of_unique_file_names_holds_out_the_tail(tmp_path):
+    from blip_lora_core.data import Sample, split_by_order
+
+    samples = [Sample(tmp_path / f"{i:04d}_{c}.png", c, None, tmp_path, i + 1) for i, c in enumerate("abcdefghij")]
+    train, val = split_by_order(samples, 0.2)
+    assert [s.text for s in val] == ["i", "j"] and len(train) == 8

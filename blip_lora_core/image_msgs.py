@@ -63,6 +63,7 @@ _LAYOUTS: dict[str, _Layout] = {
 SUPPORTED_ENCODINGS: frozenset[str] = frozenset(_LAYOUTS)
 
 _COMPRESSED_KINDS = ("jpeg", "jpg", "png")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _as_uint8(data: Any, what: str) -> np.ndarray:
@@ -174,6 +175,28 @@ def _check_format(fmt: Any) -> None:
         raise ImageDecodeError(f"compressed image, format {_short(fmt)}: unsupported, expected jpeg or png")
 
 
+def _check_png_chunks(buf: np.ndarray, what: str) -> None:
+    """Reject a PNG whose chunk lengths run past the data, before OpenCV sees it.
+
+    OpenCV allocates whatever a chunk header claims (up to 2 GiB, taking seconds) before noticing the data
+    is short, so one corrupt message could stall the camera pipeline. Non-PNG data passes untouched.
+    """
+    raw = buf.data
+    if raw.nbytes < len(_PNG_SIGNATURE) or raw[: len(_PNG_SIGNATURE)] != _PNG_SIGNATURE:
+        return
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= raw.nbytes:
+        length = int.from_bytes(raw[pos : pos + 4], "big")
+        if pos + 12 + length > raw.nbytes:
+            raise ImageDecodeError(
+                f"{what}: corrupt or truncated png, a chunk at byte {pos} claims {length} bytes "
+                f"but only {raw.nbytes - pos - 12} remain"
+            )
+        if raw[pos + 4 : pos + 8] == b"IEND":
+            return
+        pos += 12 + length
+
+
 def decode_compressed(fmt: str, data: Any) -> np.ndarray:
     """sensor_msgs/CompressedImage format + data -> (H, W, 3) uint8 RGB, C-contiguous.
 
@@ -184,6 +207,7 @@ def decode_compressed(fmt: str, data: Any) -> np.ndarray:
     buf = _as_uint8(data, what)
     if buf.size == 0:
         raise ImageDecodeError(f"{what}: data is empty")
+    _check_png_chunks(buf, what)
     try:
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:

@@ -434,6 +434,16 @@ def test_truncated_png_raises() -> None:
         decode_message(compressed_msg("png", np.frombuffer(png[:30], np.uint8)))
 
 
+def test_png_with_huge_chunk_length_fails_fast() -> None:
+    """OpenCV would allocate the 2 GiB a corrupt chunk header claims; the decoder rejects it first."""
+    png = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    png[33:37] = (0x7FFFFFFF).to_bytes(4, "big")  # the IDAT chunk's length field
+    start = time.perf_counter()
+    with pytest.raises(ImageDecodeError, match="claims 2147483647 bytes"):
+        decode_compressed("png", bytes(png))
+    assert time.perf_counter() - start < 0.1
+
+
 @pytest.mark.parametrize("msg", [object(), SimpleNamespace(data=b"x"), SimpleNamespace(encoding="rgb8"),
                                  SimpleNamespace(format="png")])
 def test_bad_messages_raise(msg: object) -> None:

@@ -97,7 +97,7 @@ def _as_int(value: Any, name: str, what: str) -> int:
     try:
         return operator.index(value)
     except TypeError as exc:
-        raise ImageDecodeError(f"{what}: {name} must be an integer, got {value!r}") from exc
+        raise ImageDecodeError(f"{what}: {name} must be an integer, got {_short(value)}") from exc
 
 
 def _check_sizes(what: str, layout: _Layout, height: int, width: int, step: int) -> int:

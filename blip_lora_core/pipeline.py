@@ -1,0 +1,334 @@
+"""Caption the newest camera frame on a worker thread: the ROS-free core of the blip_captioner node.
+
+The subscription callback only calls ``submit`` (store the raw message in a one-frame slot); a worker
+thread decodes, captions and publishes the newest frame, so captions never fall behind the camera: frames
+that arrive while the model is busy replace each other and are counted as dropped. The offline bag tools
+drive the same logic synchronously with ``step`` and an injected clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from .errors import ImageDecodeError
+from .image_msgs import decode_message
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+CaptionFn = Callable[[Any], str]
+PublishFn = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One raw camera message with its stamp (seconds) and the pipeline clock when it arrived."""
+
+    msg: Any
+    stamp: float
+    received: float
+
+
+class LatestFrameSlot:
+    """A thread-safe slot holding at most one frame: ``put`` replaces, ``take`` empties. Never a queue."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self._full = False
+        self.dropped = 0
+
+    def put(self, item: Any) -> bool:
+        """Hold item; True (and one more drop) when it replaced an item nobody took."""
+        with self._cond:
+            replaced = self._full
+            self.dropped += replaced
+            self._item, self._full = item, True
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float | None = 0.0) -> Any:
+        """The newest item, clearing the slot; None when nothing arrives within timeout (None: wait forever)."""
+        with self._cond:
+            if not self._full and timeout != 0.0:
+                self._cond.wait_for(lambda: self._full, timeout)
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    @property
+    def pending(self) -> bool:
+        with self._cond:
+            return self._full
+
+    def wake(self) -> None:
+        """Wake a waiting ``take`` (it returns None when the slot is still empty)."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+class Outcome(Enum):
+    """What one ``step`` did."""
+
+    IDLE = "idle"  # no frame pending
+    RATE_LIMITED = "rate_limited"  # a frame waits for the next allowed time
+    PUBLISHED = "published"
+    UNCHANGED = "unchanged"  # captioned, but the change filter held it back
+    DECODE_ERROR = "decode_error"
+    INFERENCE_ERROR = "inference_error"
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """A snapshot of the pipeline's counters; times in seconds, None when not measured yet."""
+
+    frames_received: int = 0
+    frames_dropped: int = 0
+    decode_errors: int = 0
+    inference_errors: int = 0
+    captions_made: int = 0
+    captions_published: int = 0
+    last_latency_s: float | None = None
+    mean_latency_s: float | None = None
+    caption_rate_hz: float = 0.0
+    last_caption_age_s: float | None = None
+    since_last_frame_s: float | None = None
+    since_last_caption_s: float | None = None
+    uptime_s: float = 0.0
+
+
+def stamp_seconds(msg: Any) -> float | None:
+    """header.stamp of a ROS message in seconds; None when missing or zero (an unstamped camera)."""
+    stamp = getattr(getattr(msg, "header", None), "stamp", None)
+    if stamp is None:
+        return None
+    seconds = getattr(stamp, "sec", 0) + getattr(stamp, "nanosec", 0) * 1e-9
+    return seconds or None
+
+
+def describe_frame(msg: Any) -> str:
+    """'640x480 rgb8' or 'jpeg' style text naming a message's size and encoding, for log lines."""
+    encoding = getattr(msg, "encoding", None)
+    if encoding is not None:
+        return f"{getattr(msg, 'width', '?')}x{getattr(msg, 'height', '?')} {encoding or '(no encoding)'}"
+    return f"compressed {getattr(msg, 'format', '?') or '(no format)'}"
+
+
+class _Throttle:
+    """Lets one message through per period and counts the ones it held back."""
+
+    def __init__(self, period_s: float, clock: Clock) -> None:
+        self._period, self._clock = period_s, clock
+        self._last: float | None = None
+        self.suppressed = 0
+
+    def allow(self) -> int | None:
+        """The number suppressed since the last allowed message, or None to stay quiet."""
+        now = self._clock()
+        if self._last is not None and now - self._last < self._period:
+            self.suppressed += 1
+            return None
+        self._last, held = now, self.suppressed
+        self.suppressed = 0
+        return held
+
+
+
+
+class _Counters:
+    """Mutable totals behind PipelineStats; guarded by the pipeline's lock."""
+
+    def __init__(self, start: float, rate_window_s: float) -> None:
+        self.start, self.window = start, rate_window_s
+        self.received = self.decode_errors = self.inference_errors = 0
+        self.made = self.published = 0
+        self.latency_sum = 0.0
+        self.last_latency: float | None = None
+        self.last_age: float | None = None
+        self.last_frame: float | None = None
+        self.last_caption: float | None = None
+        self.publish_times: deque[float] = deque()
+
+    def inferred(self, latency: float, now: float) -> None:
+        self.made += 1
+        self.latency_sum += latency
+        self.last_latency, self.last_caption = latency, now
+
+    def published_at(self, now: float, age: float) -> None:
+        self.published += 1
+        self.last_age = age
+        self.publish_times.append(now)
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        while self.publish_times and self.publish_times[0] < now - self.window:
+            self.publish_times.popleft()
+
+    def snapshot(self, now: float, dropped: int) -> PipelineStats:
+        self._prune(now)
+        uptime = now - self.start
+        span = min(self.window, uptime)
+        return PipelineStats(
+            frames_received=self.received, frames_dropped=dropped, decode_errors=self.decode_errors,
+            inference_errors=self.inference_errors, captions_made=self.made, captions_published=self.published,
+            last_latency_s=self.last_latency,
+            mean_latency_s=self.latency_sum / self.made if self.made else None,
+            caption_rate_hz=len(self.publish_times) / span if span > 0 else 0.0,
+            last_caption_age_s=self.last_age,
+            since_last_frame_s=None if self.last_frame is None else now - self.last_frame,
+            since_last_caption_s=None if self.last_caption is None else now - self.last_caption,
+            uptime_s=uptime,
+        )
+
+
+class CaptionPipeline:
+    """Newest-frame captioning: ``submit`` from the subscription, a worker (or ``step``) does the rest.
+
+    caption_fn: (H, W, 3) uint8 RGB -> caption.  publish: (caption, frame stamp in seconds) -> None.
+    decode: raw message -> RGB array, raising ImageDecodeError on a bad frame.
+    max_rate_hz: at most this many captions per second (0: as fast as the model goes).
+    publish_on_change_only: skip a caption equal to the last one published.
+    clock: monotonic seconds, for the rate limit, latencies and log throttling.
+    stamp_clock: "now" in the time base of the frame stamps, for caption ages (None: the same as clock).
+    name: what the frames are (the image topic), named in log lines.
+    warn: where throttled warnings go (a ROS logger's ``warning`` in the node).
+    """
+
+    def __init__(self, caption_fn: CaptionFn, publish: PublishFn, *, decode: Callable[[Any], Any] = decode_message,
+                 max_rate_hz: float = 0.0, publish_on_change_only: bool = False, clock: Clock = time.monotonic,
+                 stamp_clock: Clock | None = None, name: str = "images", warn: Callable[[str], Any] = log.warning,
+                 log_period_s: float = 5.0, rate_window_s: float = 10.0) -> None:
+        self._caption_fn, self._publish, self._decode = caption_fn, publish, decode
+        self.max_rate_hz = max_rate_hz
+        self.publish_on_change_only = publish_on_change_only
+        self._clock, self._stamp_clock = clock, stamp_clock or clock
+        self.name, self._warn = name, warn
+        self._slot = LatestFrameSlot()
+        self._lock = threading.Lock()
+        self._counters = _Counters(clock(), rate_window_s)
+        self._throttles = {kind: _Throttle(log_period_s, clock) for kind in ("decode", "inference", "publish")}
+        self._last_start: float | None = None
+        self._last_text: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def max_rate_hz(self) -> float:
+        return self._max_rate_hz
+
+    @max_rate_hz.setter
+    def max_rate_hz(self, value: float) -> None:
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"max_rate_hz must be a finite number >= 0 (0: unlimited), got {value!r}")
+        self._max_rate_hz = float(value)
+
+    def submit(self, msg: Any, stamp: float | None = None) -> None:
+        """Hold msg as the newest frame (stamp None: now). Cheap: no decoding, safe from any thread."""
+        now = self._clock()
+        frame = Frame(msg, self._stamp_clock() if stamp is None else stamp, now)
+        with self._lock:
+            self._counters.received += 1
+            self._counters.last_frame = now
+        self._slot.put(frame)
+
+    def time_until_allowed(self) -> float:
+        """Seconds until the rate limit lets the next caption start (0 when it may start now)."""
+        rate, last = self._max_rate_hz, self._last_start
+        if rate <= 0 or last is None:
+            return 0.0
+        return max(0.0, last + 1.0 / rate - self._clock())
+
+    def step(self) -> Outcome:
+        """Process the pending frame, if any and if the rate limit allows it; never blocks."""
+        if self.time_until_allowed() > 0:
+            return Outcome.RATE_LIMITED if self._slot.pending else Outcome.IDLE
+        frame = self._slot.take(0.0)
+        return Outcome.IDLE if frame is None else self._process(frame)
+
+    def stats(self) -> PipelineStats:
+        with self._lock:
+            return self._counters.snapshot(self._clock(), self._slot.dropped)
+
+    def _process(self, frame: Frame) -> Outcome:
+        try:
+            image = self._decode(frame.msg)
+        except ImageDecodeError as error:
+            return self._failed("decode", f"{self.name}: skipped a frame that cannot be decoded "
+                                          f"({describe_frame(frame.msg)}): {error}")
+        start = self._clock()
+        self._last_start = start
+        try:
+            text = self._caption_fn(image)
+        except Exception as error:  # the worker must survive any model failure
+            return self._failed("inference", f"{self.name}: captioning a {describe_frame(frame.msg)} frame "
+                                             f"failed: {type(error).__name__}: {error}")
+        end = self._clock()
+        with self._lock:
+            self._counters.inferred(end - start, end)
+        if self.publish_on_change_only and text == self._last_text:
+            return Outcome.UNCHANGED
+        self._publish(text, frame.stamp)
+        self._last_text = text
+        with self._lock:
+            self._counters.published_at(end, self._stamp_clock() - frame.stamp)
+        return Outcome.PUBLISHED
+
+    def _failed(self, kind: str, message: str) -> Outcome:
+        with self._lock:
+            if kind == "decode":
+                self._counters.decode_errors += 1
+            else:
+                self._counters.inference_errors += 1
+        self._warn_throttled(kind, message)
+        return Outcome.DECODE_ERROR if kind == "decode" else Outcome.INFERENCE_ERROR
+
+    def _warn_throttled(self, kind: str, message: str) -> None:
+        held = self._throttles[kind].allow()
+        if held is not None:
+            self._warn(message + (f" ({held} similar messages suppressed)" if held else ""))
+
+    # -- worker thread ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the worker thread (a daemon) until ``stop``."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"caption:{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker after the caption in progress (waits up to timeout seconds)."""
+        self._stop.set()
+        self._slot.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            wait = self.time_until_allowed()
+            if wait > 0:  # sleep first, then take the newest frame: never caption a stale one
+                self._stop.wait(min(wait, 0.25))
+                continue
+            frame = self._slot.take(0.25)
+            if frame is None or self._stop.is_set():
+                continue
+            try:
+                self._process(frame)
+            except Exception as error:  # a failing publish must not kill the worker either
+                self._warn_throttled("publish", f"{self.name}: publishing a caption failed: "
+                                                f"{type(error).__name__}: {error}")

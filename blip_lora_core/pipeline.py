@@ -44,6 +44,7 @@ class LatestFrameSlot:
         self._cond = threading.Condition()
         self._item: Any = None
         self._full = False
+        self._wakes = 0
         self.dropped = 0
 
     def put(self, item: Any) -> bool:
@@ -59,7 +60,8 @@ class LatestFrameSlot:
         """The newest item, clearing the slot; None when nothing arrives within timeout (None: wait forever)."""
         with self._cond:
             if not self._full and timeout != 0.0:
-                self._cond.wait_for(lambda: self._full, timeout)
+                wakes = self._wakes
+                self._cond.wait_for(lambda: self._full or self._wakes != wakes, timeout)
             if not self._full:
                 return None
             item, self._item, self._full = self._item, None, False
@@ -73,6 +75,7 @@ class LatestFrameSlot:
     def wake(self) -> None:
         """Wake a waiting ``take`` (it returns None when the slot is still empty)."""
         with self._cond:
+            self._wakes += 1
             self._cond.notify_all()
 
 

@@ -86,6 +86,18 @@ def test_slot_take_waits_for_a_put_from_another_thread():
     assert slot.take(timeout=0.01) is None
 
 
+def test_slot_wake_releases_a_waiting_take():
+    slot, result = LatestFrameSlot(), []
+    waiter = threading.Thread(target=lambda: result.append(slot.take(timeout=30.0)))
+    waiter.start()
+    time.sleep(0.02)
+    started = time.monotonic()
+    slot.wake()
+    waiter.join(5.0)
+    assert result == [None]
+    assert time.monotonic() - started < 1.0
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.booleans(), max_size=60))
 def test_slot_drop_count_matches_a_model(ops):

@@ -11,8 +11,11 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
+import io
+
 import cv2
 import numpy as np
+from PIL import Image
 
 from blip_lora_core.errors import ImageDecodeError
 
@@ -208,6 +211,7 @@ def decode_compressed(fmt: str, data: Any) -> np.ndarray:
     if buf.size == 0:
         raise ImageDecodeError(f"{what}: data is empty")
     _check_png_chunks(buf, what)
+    _check_declared_size(buf, what)
     try:
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:
@@ -215,6 +219,24 @@ def decode_compressed(fmt: str, data: Any) -> np.ndarray:
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
         raise ImageDecodeError(f"{what}: {buf.size} bytes are not a decodable jpeg/png image")
     return _convert(f"{what}, {bgr.shape[0]}x{bgr.shape[1]}", bgr, cv2.COLOR_BGR2RGB)
+
+
+MAX_COMPRESSED_PIXELS = 100_000_000
+
+
+def _check_declared_size(buf: np.ndarray, what: str) -> None:
+    """Refuse a jpeg/png whose header claims more than MAX_COMPRESSED_PIXELS (a decompression bomb),
+    read from the header alone before OpenCV reserves memory for it."""
+    try:
+        with Image.open(io.BytesIO(buf.tobytes())) as header:
+            width, height = header.size
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(f"{what}: refused as a decompression bomb ({error})") from None
+    except (OSError, ValueError):
+        return  # not readable by PIL either: OpenCV's own checks decide
+    if width * height > MAX_COMPRESSED_PIXELS:
+        raise ImageDecodeError(f"{what}: header claims {width}x{height} pixels, more than "
+                               f"{MAX_COMPRESSED_PIXELS:,} (decompression bomb?)")
 
 
 def decode_message(msg: Any) -> np.ndarray:

@@ -449,3 +449,19 @@ def test_png_with_huge_chunk_length_fails_fast() -> None:
 def test_bad_messages_raise(msg: object) -> None:
     with pytest.raises(ImageDecodeError):
         decode_message(msg)
+
+
+def test_compressed_header_claiming_a_huge_image_is_refused_before_decoding():
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0))
+    png = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        decode_compressed("png", png)
+    medium = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 9_000, 8, 2, 0, 0, 0))
+    with pytest.raises(ImageDecodeError, match="12000x9000 pixels"):
+        decode_compressed("png", medium + png[33:])

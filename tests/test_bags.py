@@ -43,6 +43,12 @@ def bag(request, tmp_path, images) -> Path:
     return _mixed_bag(tmp_path / f"bag_{request.param}", images, request.param)
 
 
+@pytest.fixture()
+def mcap_bag(tmp_path, images) -> Path:
+    """The mixed bag in mcap only, for the slower tests that run the model."""
+    return _mixed_bag(tmp_path / "bag_mcap", images, "mcap")
+
+
 def _cli(*args) -> int:
     return main(["bag", *map(str, args)])
 
@@ -168,21 +174,21 @@ def test_unlabelled_rows_are_refused_by_the_dataset_reader(bag, tmp_path):
         read_jsonl(tmp_path / "ds" / "annotations.jsonl")
 
 
-def test_precaption_fills_text_and_marks_unreviewed(bag, images, tmp_path, tiny_model_dir):
+def test_precaption_fills_text_and_marks_unreviewed(mcap_bag, images, tmp_path, tiny_model_dir):
     from blip_lora_core.captioning import Captioner
     from blip_lora_core.data import read_jsonl
 
     out = tmp_path / "ds"
-    assert _cli("extract", bag, "--topic", RAW, "--every", "0.5", "--out", out, "--precaption",
-                "--model", tiny_model_dir, "--batch-size", "3", "--max-new-tokens", "5") == 0
+    assert _cli("extract", mcap_bag, "--topic", RAW, "--every", "0.7", "--out", out, "--precaption",
+                "--model", tiny_model_dir, "--batch-size", "2", "--max-new-tokens", "3") == 0
     rows = _rows(out)
-    assert len(rows) == 5 and all(r["reviewed"] is False for r in rows)
+    assert len(rows) == 3 and all(r["reviewed"] is False for r in rows)
     assert all(isinstance(r["text"], str) and r["text"] for r in rows)
     assert rows[0]["precaption"] == {"model": str(tiny_model_dir), "adapter": None, "prompt": None}
-    captioner = Captioner.from_pretrained(str(tiny_model_dir), device="cpu", max_new_tokens=5)
+    captioner = Captioner.from_pretrained(str(tiny_model_dir), device="cpu", max_new_tokens=3)
     assert [r["text"] for r in rows] == captioner.caption([images[r["index"]] for r in rows])
     samples, bad = read_jsonl(out / "annotations.jsonl")
-    assert not bad and [s.extras["reviewed"] for s in samples] == [False] * 5
+    assert not bad and [s.extras["reviewed"] for s in samples] == [False] * 3
 
 
 # ---- errors ---------------------------------------------------------------------------------------------
@@ -282,3 +288,116 @@ def test_bad_options():
 
 def test_fixture_bags_hold_what_was_written(bag, images):
     assert len(read_topic(bag, "/status")) == 1 and len(read_topic(bag, JPEG)) == len(images)
+
+
+# ---- caption --------------------------------------------------------------------------------------------
+
+
+def _mean_caption(image: np.ndarray) -> str:
+    return f"mean {image.mean():.3f}"
+
+
+def _replay(bag, **kwargs):
+    from blip_lora_core.bag_caption import ReplayOptions, replay_captions
+
+    return replay_captions(bag, kwargs.pop("caption_fn", _mean_caption), ReplayOptions(RAW, **kwargs))
+
+
+def test_caption_to_jsonl_with_the_model(mcap_bag, images, tmp_path, tiny_model_dir, capsys):
+    from blip_lora_core.captioning import Captioner
+
+    out = tmp_path / "captions.jsonl"
+    args = ["caption", mcap_bag, "--topic", RAW, "--model", tiny_model_dir, "--max-new-tokens", "3",
+            "--max-rate-hz", "1", "--out", out]
+    assert _cli(*args) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    captioner = Captioner.from_pretrained(str(tiny_model_dir), device="cpu", max_new_tokens=3)
+    assert [r["caption"] for r in rows] == captioner.caption(images[::10])
+    assert [r["image_stamp"] for r in rows] == pytest.approx([(START + i * 10**9) / 1e9 for i in range(3)])
+    assert [r["stamp"] for r in rows] == pytest.approx([r["image_stamp"] + 0.003 for r in rows])
+    assert _cli(*args) == 2 and "--force" in capsys.readouterr().err  # refused before loading the model
+
+
+@pytest.mark.parametrize("rate, times", [(2.0, [0, 500, 1000, 1500, 2000]), (0.7, [0, 1428.571429])])
+def test_rate_limit_applies_in_bag_time(bag, rate, times):
+    captions, report = _replay(bag, max_rate_hz=rate)
+    assert report.messages == 21 and report.captions == len(times) == int(2.0 * rate) + 1
+    offsets = [(c.time_ns - START - 3 * 10**6) / 1e6 for c in captions]
+    assert offsets == pytest.approx(times, abs=1e-5)
+    # the newest frame at each publish time: the one received at or just before it
+    assert [c.image_stamp for c in captions] == pytest.approx([START / 1e9 + (t // 100) / 10 for t in times])
+    assert report.dropped == 21 - len(times) - (1 if rate == 0.7 else 0)  # the last waiting frame is not dropped
+
+
+@pytest.mark.parametrize("out_name, storage", [("captions.mcap", "mcap"), ("captions.db3", "sqlite3"),
+                                               ("caption_bag", "mcap"), ("caption_bag", "sqlite3")])
+def test_caption_to_a_bag(bag, tmp_path, out_name, storage):
+    from blip_lora_core.bag_caption import write_captions
+
+    captions, _ = _replay(bag, max_rate_hz=3.0)  # 6 captions: the 7th would come 2 ns after the last frame
+    out = tmp_path / out_name
+    write_captions(out, captions, storage=storage)
+    if out.is_dir():
+        assert storage_file(out).suffix == {"mcap": ".mcap", "sqlite3": ".db3"}[storage]
+    messages = read_topic(out, "/caption")
+    assert [m.data for _, m in messages] == [c.caption for c in captions] and len(messages) == 6
+    times = [t for t, _ in messages]
+    assert times == [c.time_ns for c in captions] and times == sorted(set(times))
+    assert [m.__msgtype__ for _, m in messages] == ["std_msgs/msg/String"] * 6
+    assert _leftovers(tmp_path) == []
+
+
+def test_caption_cli_writes_a_bag_beside_the_camera(mcap_bag, tmp_path, tiny_model_dir):
+    out = tmp_path / "captions.mcap"
+    args = ["caption", mcap_bag, "--topic", RAW, "--model", tiny_model_dir, "--max-new-tokens", "2",
+            "--max-rate-hz", "0.6", "--out", out]
+    assert _cli(*args) == 0
+    times = [t for t, _ in read_topic(out, "/caption")]
+    assert times == [START + 3 * 10**6 + round(i * 10**9 / 0.6) for i in range(2)]
+    assert _cli(*args) == 2 and _cli(*args, "--storage", "sqlite3", "--force") == 0
+    assert [t for t, _ in read_topic(out, "/caption")] == times
+
+
+def test_caption_realtime_uses_the_worker(tmp_path, images):
+    bag = write_bag(tmp_path / "b", camera_frames(images[:8], ["rgb8"], RAW, period_ns=20_000_000), "mcap")
+    captions, report = _replay(bag, realtime=True, max_rate_hz=25.0)
+    assert report.messages == 8 and 1 <= report.captions <= 8
+    times = [c.time_ns for c in captions]
+    assert times == sorted(times) and times[0] >= START
+    assert report.captions + report.dropped <= 8
+
+
+def test_caption_on_change_only(bag):
+    captions, report = _replay(bag, caption_fn=lambda image: "same", publish_on_change_only=True)
+    assert [c.caption for c in captions] == ["same"] and report.messages == 21
+
+
+def test_caption_bad_frames(tmp_path, images, capsys):
+    bag = _bag_with_bad_frame(tmp_path, images)
+    captions, report = _replay(bag)
+    assert report.decode_errors == 1 and len(captions) == 4 and f"message 2 on {RAW}" in report.first_error
+    with pytest.raises(BagError, match=f"message 2 on {RAW}.*yuv444"):
+        _replay(bag, strict=True)
+    with pytest.raises(BagError, match="yuv444"):
+        _replay(bag, strict=True, realtime=True)
+
+
+def test_caption_model_failures(bag):
+    from blip_lora_core.errors import BlipLoraError
+
+    def flaky(image: np.ndarray) -> str:
+        if image.mean() > 100:
+            raise RuntimeError("out of memory")
+        return "ok"
+
+    captions, report = _replay(bag, caption_fn=flaky)
+    assert report.inference_errors > 0 and len(captions) + report.inference_errors == 21
+    with pytest.raises(BlipLoraError, match="out of memory"):
+        _replay(bag, caption_fn=flaky, strict=True)
+
+
+def test_caption_errors_leave_no_output(bag, tmp_path, capsys):
+    out = tmp_path / "c.jsonl"
+    assert _cli("caption", bag, "--topic", "/status", "--out", out, "--model", tmp_path / "no_model") == 2
+    assert "std_msgs/msg/String" in capsys.readouterr().err or not out.exists()
+    assert not out.exists() and _leftovers(tmp_path) == []

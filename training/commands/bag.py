@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from blip_lora_core.bag_caption import ReplayOptions, check_caption_output, replay_captions, write_captions
 from blip_lora_core.bag_extract import ExtractOptions, Precaption, extract_frames
+from blip_lora_core.errors import ConfigError
 
 from ._model_args import add_model_args, captioner_from_args
 
@@ -45,7 +47,30 @@ def _register_extract(actions: argparse._SubParsersAction) -> None:
 
 
 def _register_caption(actions: argparse._SubParsersAction) -> None:
-    pass
+    parser = actions.add_parser(
+        "caption", help="caption a recording with the node's pipeline; captions as a bag or JSONL",
+        description="Run the captioner node's own pipeline (newest frame, rate limit) over a recording. "
+                    "By default as fast as possible and deterministic: a clock following the bag's receive "
+                    "times applies the rate limit in bag time. --realtime plays the messages at their "
+                    "recorded pace into the node's worker thread instead.")
+    parser.add_argument("bag", type=Path, help="bag folder, .db3 or .mcap file")
+    _add_topic(parser)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="captions.jsonl ({stamp, image_stamp, caption} per line), a .mcap or .db3 file, "
+                             "or a bag folder: std_msgs/String messages at the bag time each caption would "
+                             "be published, to replay beside the camera")
+    parser.add_argument("--max-rate-hz", type=float, default=0.0,
+                        help="at most this many captions per second of bag time (default 0: unlimited)")
+    parser.add_argument("--realtime", action="store_true", help="play the bag at its recorded speed")
+    parser.add_argument("--on-change", action="store_true",
+                        help="publish a caption only when it differs from the last one (like the node)")
+    parser.add_argument("--caption-topic", default="/caption", help="topic of the output bag (default /caption)")
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
+                        help="storage of an output bag folder (default mcap; .mcap/.db3 files choose by suffix)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    _add_strict(parser)
+    add_model_args(parser)
+    parser.set_defaults(func=run_caption)
 
 
 def _add_topic(parser: argparse.ArgumentParser) -> None:
@@ -72,4 +97,21 @@ def run_extract(args: argparse.Namespace) -> int:
           f"{report.bad_frames} undecodable)")
     if not args.precaption:
         print(f"captions are empty: write them in {report.out / 'annotations.jsonl'} before training")
+    return 0
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    if not args.max_rate_hz >= 0:
+        raise ConfigError(f"--max-rate-hz must be >= 0, got {args.max_rate_hz}")
+    options = ReplayOptions(args.topic, max_rate_hz=args.max_rate_hz, publish_on_change_only=args.on_change,
+                            realtime=args.realtime, strict=args.strict)
+    check_caption_output(args.out, args.force)  # before loading the model
+    captioner = captioner_from_args(args)
+    captions, report = replay_captions(args.bag, lambda image: captioner.caption([image])[0], options)
+    write_captions(args.out, captions, topic=args.caption_topic, storage=args.storage, force=args.force)
+    print(f"wrote {report.captions} captions of {report.messages} frames on {args.topic} to {args.out} "
+          f"({report.dropped} replaced by newer frames, {report.decode_errors} undecodable, "
+          f"{report.inference_errors} model failures)")
+    if report.first_error:
+        print(f"first failure: {report.first_error}")
     return 0

@@ -1,0 +1,143 @@
+"""The node's parameters, and how run-time changes reach the model and the pipeline (no rclpy here)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from blip_lora_core.captioning import Captioner
+from blip_lora_core.errors import BlipLoraError, ConfigError
+from blip_lora_core.models import BLIP_LARGE
+from blip_lora_core.pipeline import CaptionPipeline
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter: runtime=False ones are read-only once the node runs; low/high bound numbers."""
+
+    name: str
+    default: bool | int | float | str
+    description: str
+    runtime: bool = False
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("model", BLIP_LARGE, "BLIP base model: a hub id or a local folder"),
+    ParamSpec("adapter", "", "LoRA adapter file; empty: the base model alone", runtime=True),
+    ParamSpec("prompt", "", "text every caption starts with (e.g. 'a picture of'); empty: none", runtime=True),
+    ParamSpec("device", "", "torch device (cuda, cuda:1, cpu); empty: cuda when present, else cpu"),
+    ParamSpec("dtype", "", "fp32, fp16 or bf16; empty: fp16 on a GPU, fp32 on the CPU"),
+    ParamSpec("merge_adapter", True, "merge the adapter into the weights (faster) instead of hooks", runtime=True),
+    ParamSpec("max_new_tokens", 30, "longest caption, in tokens", runtime=True, low=1, high=512),
+    ParamSpec("num_beams", 1, "beam search width; 1: greedy", runtime=True, low=1, high=16),
+    ParamSpec("max_rate_hz", 2.0, "at most this many captions a second; 0: as fast as the model goes",
+              runtime=True, low=0.0, high=1000.0),
+    ParamSpec("publish_on_change_only", False, "publish a caption only when it differs from the last one",
+              runtime=True),
+    ParamSpec("image_topic", "/camera/image_raw", "camera topic: sensor_msgs/Image, or CompressedImage "
+              "when compressed is true (then usually .../image_raw/compressed)"),
+    ParamSpec("compressed", False, "image_topic carries sensor_msgs/CompressedImage (jpeg/png)"),
+    ParamSpec("caption_topic", "/caption", "topic the captions are published on (std_msgs/String)"),
+    ParamSpec("qos_reliability", "best_effort", "best_effort receives from best-effort and reliable cameras "
+              "alike; reliable receives nothing from a best-effort camera", choices=("best_effort", "reliable")),
+    ParamSpec("qos_depth", 1, "subscription history depth; 1 keeps only the newest frame", low=1, high=100),
+)
+SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
+RUNTIME: frozenset[str] = frozenset(spec.name for spec in PARAMS if spec.runtime)
+
+
+def check_values(values: Mapping[str, Any]) -> None:
+    """Raise ConfigError naming every value outside its choices."""
+    problems = [f"{name} must be one of {', '.join(SPECS[name].choices)}, got {value!r}"
+                for name, value in values.items() if SPECS[name].choices and value not in SPECS[name].choices]
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _load_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameter values -> Captioner.from_pretrained keyword arguments (empty strings mean 'default')."""
+    return dict(adapter=values["adapter"] or None, device=values["device"] or None, dtype=values["dtype"] or None,
+                merge_adapter=values["merge_adapter"], prompt=values["prompt"] or None,
+                max_new_tokens=values["max_new_tokens"], num_beams=values["num_beams"])
+
+
+class LiveCaptioner:
+    """One Captioner shared by the worker thread (``caption``) and the parameter callback (``apply``)."""
+
+    def __init__(self, captioner: Captioner, adapter: str, merge: bool) -> None:
+        self.captioner, self.adapter, self.merge = captioner, adapter, merge
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, values: Mapping[str, Any], loader: Callable[..., Captioner] | None = None) -> "LiveCaptioner":
+        """Load the base model (and adapter) once; BlipLoraError when it cannot be loaded."""
+        captioner = (loader or Captioner.from_pretrained)(values["model"], **_load_kwargs(values))
+        return cls(captioner, values["adapter"], values["merge_adapter"])
+
+    @property
+    def device(self) -> str:
+        return str(getattr(getattr(self.captioner, "model", None), "device", "unknown"))
+
+    def caption(self, image: Any) -> str:
+        """(H, W, 3) uint8 RGB -> caption."""
+        with self._lock:
+            return self.captioner.caption([image])[0]
+
+    def apply(self, changes: Mapping[str, Any]) -> str | None:
+        """Apply model-side changes (adapter, merge_adapter, prompt, max_new_tokens, num_beams).
+
+        Returns why they were refused, or None. A failed adapter swap puts the previous adapter back.
+        """
+        with self._lock:
+            if "adapter" in changes or "merge_adapter" in changes:
+                reason = self._swap_adapter(changes.get("adapter", self.adapter),
+                                            changes.get("merge_adapter", self.merge))
+                if reason:
+                    return reason
+            if "prompt" in changes:
+                self.captioner.prompt = changes["prompt"] or None
+            for name in ("max_new_tokens", "num_beams"):
+                if name in changes:
+                    setattr(self.captioner, name, changes[name])
+        return None
+
+    def _swap_adapter(self, adapter: str, merge: bool) -> str | None:
+        try:
+            self.captioner.set_adapter(adapter or None, merge=merge)
+        except (BlipLoraError, OSError) as error:
+            return self._restore(adapter, error)
+        self.adapter, self.merge = adapter, merge
+        return None
+
+    def _restore(self, failed: str, error: Exception) -> str:
+        kept = self.adapter or "the base model"
+        try:
+            self.captioner.set_adapter(self.adapter or None, merge=self.merge)
+        except (BlipLoraError, OSError) as again:
+            self.adapter = ""
+            return (f"adapter {failed!r} not loaded ({error}); putting {kept!r} back failed too ({again}): "
+                    "captioning with the base model alone")
+        return f"adapter {failed!r} not loaded, kept {kept!r}: {error}"
+
+
+def apply_changes(changes: Mapping[str, Any], live: LiveCaptioner, pipeline: CaptionPipeline) -> str | None:
+    """Run-time parameter changes -> model and pipeline; the reason they were refused, or None.
+
+    All or nothing: parameters that need a restart refuse the whole set.
+    """
+    fixed = sorted(name for name in changes if name in SPECS and name not in RUNTIME)
+    if fixed:
+        return f"{', '.join(fixed)} cannot change while the node runs: restart the node to change it"
+    reason = live.apply(changes)
+    if reason:
+        return reason
+    if "max_rate_hz" in changes:
+        pipeline.max_rate_hz = changes["max_rate_hz"]
+    if "publish_on_change_only" in changes:
+        pipeline.publish_on_change_only = changes["publish_on_change_only"]
+    return None

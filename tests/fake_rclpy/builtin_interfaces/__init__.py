@@ -1,0 +1,1 @@
+"""Fake builtin_interfaces package (messages from rosbags' typestore)."""

@@ -1,0 +1,1 @@
+"""Fake diagnostic_msgs package (messages from rosbags' typestore)."""

@@ -1,0 +1,1 @@
+"""Fake rcl_interfaces package (messages from rosbags' typestore)."""

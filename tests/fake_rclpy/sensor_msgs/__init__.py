@@ -1,0 +1,1 @@
+"""Fake sensor_msgs package (messages from rosbags' typestore)."""

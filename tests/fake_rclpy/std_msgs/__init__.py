@@ -1,0 +1,1 @@
+"""Fake std_msgs package (messages from rosbags' typestore)."""

@@ -99,6 +99,12 @@ def camera_connections(reader: Reader, topic: str, path: str | os.PathLike) -> l
     return conns
 
 
+def check_camera_topic(path: str | os.PathLike, topic: str) -> int:
+    """Open the bag and check that ``topic`` carries camera images; returns its message count (cheap)."""
+    with open_bag(path) as reader:
+        return sum(c.msgcount for c in camera_connections(reader, topic, reader.path))
+
+
 def read_camera(path: str | os.PathLike, topic: str) -> Iterator[BagMessage]:
     """Camera messages on ``topic`` in bag (receive time) order; BagError on a missing topic or corrupt data."""
     with open_bag(path) as reader:

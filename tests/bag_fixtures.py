@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +92,8 @@ def read_topic(bag: Path, topic: str) -> list[tuple[int, Any]]:
         return [(t, TYPESTORE.deserialize_cdr(raw, c.msgtype)) for c, t, raw in reader.messages(conns)]
 
 
-def seed_frames(seed_blocks: Path, per_scene: int = 3, size: tuple[int, int] = (96, 54)) -> list[np.ndarray]:
-    """The first ``per_scene`` photos of each seed_blocks scene, resized to size (W, H), as RGB arrays."""
+@functools.cache
+def _seed_frames(seed_blocks: Path, per_scene: int, size: tuple[int, int]) -> tuple[np.ndarray, ...]:
     from PIL import Image
 
     images = sorted((seed_blocks / "image_train").glob("*.jpg"))
@@ -100,7 +101,15 @@ def seed_frames(seed_blocks: Path, per_scene: int = 3, size: tuple[int, int] = (
     for image in images:
         scenes.setdefault(image.stem.rsplit("_", 1)[0], []).append(image)
     picked = [p for group in scenes.values() for p in group[:per_scene]]
-    return [np.asarray(Image.open(p).convert("RGB").resize(size, Image.BILINEAR)) for p in picked]
+    frames = tuple(np.asarray(Image.open(p).convert("RGB").resize(size, Image.BILINEAR)) for p in picked)
+    for frame in frames:
+        frame.flags.writeable = False  # shared between tests
+    return frames
+
+
+def seed_frames(seed_blocks: Path, per_scene: int = 3, size: tuple[int, int] = (96, 54)) -> list[np.ndarray]:
+    """The first ``per_scene`` photos of each seed_blocks scene, resized to size (W, H), as RGB arrays."""
+    return list(_seed_frames(seed_blocks, per_scene, size))
 
 
 def camera_frames(images: Sequence[np.ndarray], kinds: Sequence[str], topic: str = "/camera/image_raw",

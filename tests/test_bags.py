@@ -38,15 +38,28 @@ def _mixed_bag(path: Path, images: list[np.ndarray], storage: str) -> Path:
     return write_bag(path, sorted(frames, key=lambda f: f.time_ns), storage)
 
 
+@pytest.fixture(scope="session")
+def _bags(tmp_path_factory) -> tuple[dict[str, Path], Path]:
+    """Mixed bags built once per session (tests only read them): storage -> bag folder."""
+    return {}, tmp_path_factory.mktemp("bags")
+
+
+def _cached_bag(bags: tuple[dict[str, Path], Path], images: list[np.ndarray], storage: str) -> Path:
+    cache, folder = bags
+    if storage not in cache:
+        cache[storage] = _mixed_bag(folder / f"bag_{storage}", images, storage)
+    return cache[storage]
+
+
 @pytest.fixture(params=["sqlite3", "mcap"])
-def bag(request, tmp_path, images) -> Path:
-    return _mixed_bag(tmp_path / f"bag_{request.param}", images, request.param)
+def bag(request, images, _bags) -> Path:
+    return _cached_bag(_bags, images, request.param)
 
 
 @pytest.fixture()
-def mcap_bag(tmp_path, images) -> Path:
+def mcap_bag(images, _bags) -> Path:
     """The mixed bag in mcap only, for the slower tests that run the model."""
-    return _mixed_bag(tmp_path / "bag_mcap", images, "mcap")
+    return _cached_bag(_bags, images, "mcap")
 
 
 def _cli(*args) -> int:
@@ -396,8 +409,10 @@ def test_caption_model_failures(bag):
         _replay(bag, caption_fn=flaky, strict=True)
 
 
-def test_caption_errors_leave_no_output(bag, tmp_path, capsys):
-    out = tmp_path / "c.jsonl"
-    assert _cli("caption", bag, "--topic", "/status", "--out", out, "--model", tmp_path / "no_model") == 2
-    assert "std_msgs/msg/String" in capsys.readouterr().err or not out.exists()
+@pytest.mark.parametrize("command", ["caption", "extract"])
+def test_bag_errors_come_before_loading_the_model(bag, tmp_path, capsys, command):
+    out = tmp_path / ("c.jsonl" if command == "caption" else "ds")
+    extra = ["--precaption"] if command == "extract" else []
+    assert _cli(command, bag, "--topic", "/status", "--out", out, "--model", tmp_path / "no_model", *extra) == 2
+    assert "topic /status has message type std_msgs/msg/String" in capsys.readouterr().err
     assert not out.exists() and _leftovers(tmp_path) == []

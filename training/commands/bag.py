@@ -7,6 +7,7 @@ from pathlib import Path
 
 from blip_lora_core.bag_caption import ReplayOptions, check_caption_output, replay_captions, write_captions
 from blip_lora_core.bag_extract import ExtractOptions, Precaption, extract_frames
+from blip_lora_core.bags import check_camera_topic
 from blip_lora_core.errors import ConfigError
 
 from ._model_args import add_model_args, captioner_from_args
@@ -88,6 +89,7 @@ def run_extract(args: argparse.Namespace) -> int:
                              strict=args.strict)
     precaption = None
     if args.precaption:
+        check_camera_topic(args.bag, args.topic)  # fail fast, before loading the model
         captioner = captioner_from_args(args)
         meta = {"model": args.model, "adapter": args.adapter, "prompt": args.prompt}
         precaption = Precaption(captioner.caption, batch_size=args.batch_size, meta=meta)
@@ -105,7 +107,8 @@ def run_caption(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-rate-hz must be >= 0, got {args.max_rate_hz}")
     options = ReplayOptions(args.topic, max_rate_hz=args.max_rate_hz, publish_on_change_only=args.on_change,
                             realtime=args.realtime, strict=args.strict)
-    check_caption_output(args.out, args.force)  # before loading the model
+    check_caption_output(args.out, args.force)  # fail fast, before loading the model
+    check_camera_topic(args.bag, args.topic)
     captioner = captioner_from_args(args)
     captions, report = replay_captions(args.bag, lambda image: captioner.caption([image])[0], options)
     write_captions(args.out, captions, topic=args.caption_topic, storage=args.storage, force=args.force)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import yaml
 
 from rclpy import _graph
@@ -20,11 +22,11 @@ def _parameter_arguments(args: list[str] | None) -> dict:
     return {name: yaml.safe_load(text) for name, _, text in (pair.partition(":=") for pair in pairs)}
 
 
-def init(*, args=None, context=None, domain_id=None, signal_handler_options=None) -> None:
+def init(*, args: list[str] | None = None, context=None, domain_id=None, signal_handler_options=None) -> None:
     if _state["ok"]:
         raise RuntimeError("Context.init() must only be called once")
     _state["ok"] = True
-    _state["overrides"] = _parameter_arguments(args)
+    _state["overrides"] = _parameter_arguments(sys.argv if args is None else args)
 
 
 def ok(*, context=None) -> bool:

@@ -282,10 +282,10 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             if val_samples and _eval_due(done, total_steps, steps_per_epoch, config):
                 best = _validate(bundle, val_samples, config, ctx, out, done, best)
                 result.best = best
-            if config.checkpoint_every and (done % config.checkpoint_every == 0 or interrupt.stop) \
-                    and done < total_steps:
+            due = bool(config.checkpoint_every) and done % config.checkpoint_every == 0
+            if (due or interrupt.stop) and done < total_steps:  # Ctrl-C saves even with checkpoint_every 0
                 _checkpoint(out, done, params, optimizer, scaler, config, ctx, best)
-            if interrupt.stop:
+            if interrupt.stop and done < total_steps:  # after the last step, finish and write the adapter
                 bar.close()
                 raise KeyboardInterrupt(f"stopped after step {done}; resume with --resume")
     bar.close()

@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except BlipLoraError as error:
         print(f"blip-lora {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"blip-lora {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        detail = f": {interrupt}" if str(interrupt) else ""
+        print(f"blip-lora {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

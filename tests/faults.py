@@ -1,0 +1,241 @@
+"""Shared helpers of the fault-injection tests: a warm CLI launcher, a full disk, file surgery, checks.
+
+Run as a script (`python tests/faults.py serve`) this module is the launcher's server: it imports the
+command line once, then forks one child per request, so that each killed-and-resumed run is a real
+process (SIGKILL and all) without paying the interpreter's import time again.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TEMP_NAME = re.compile(r"\.(.+)\.[^.]+\.tmp")  # atomic_write_bytes' and write_jsonl's temp files
+
+# -- a warm command-line launcher --------------------------------------------------------------
+
+
+class WarmCli:
+    """Starts `blip-lora` command lines as forked children of a server that has imported everything.
+
+    `start` returns the child's pid (kill it with os.kill); `wait` returns its exit code (negative:
+    killed by that signal). Each child's stdout and stderr go to files.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self._server = subprocess.Popen([sys.executable, __file__, "serve"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env=env or cli_env(), cwd=REPO)
+        assert self._ask({"op": "ping"}) == {"ok": True}
+
+    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+        return self._ask({"op": "run", "argv": argv, "log": str(log), "env": env or {}})["pid"]
+
+    def wait(self, pid: int) -> int:
+        return self._ask({"op": "wait", "pid": pid})["rc"]
+
+    def run(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+        return self.wait(self.start(argv, log, env))
+
+    def close(self) -> None:
+        self._server.stdin.close()
+        self._server.wait(timeout=30)
+
+    def _ask(self, request: dict) -> dict:
+        self._server.stdin.write(json.dumps(request) + "\n")
+        self._server.stdin.flush()
+        line = self._server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the launcher died (exit code {self._server.poll()})")
+        return json.loads(line)
+
+
+def _serve() -> None:
+    """The launcher's server loop: one JSON request per stdin line, one JSON reply per stdout line."""
+    import blip_lora_core.train  # noqa: F401 - the slow imports, done once before forking
+    from blip_lora_training.cli import main
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "run":
+            pid = os.fork()
+            if pid == 0:
+                _child(main, request)
+            reply = {"pid": pid}
+        elif request["op"] == "wait":
+            _, status = os.waitpid(request["pid"], 0)
+            reply = {"rc": os.waitstatus_to_exitcode(status)}
+        else:
+            reply = {"ok": True}
+        print(json.dumps(reply), flush=True)
+
+
+def _child(main: Callable[[list[str]], int], request: dict) -> None:
+    """In the forked child: redirect output, run the command line like `python -m ...cli`, exit."""
+    os.environ.update(request["env"])
+    for fd, suffix in ((1, ".out"), (2, ".err")):
+        target = os.open(request["log"] + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    code = 1
+    try:
+        code = main(request["argv"])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the traceback is what the test wants to see
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of CLI subprocesses: offline, quiet, this repository importable."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_cli(argv: list[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """`python -m blip_lora_training.cli ARGV` in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "blip_lora_training.cli", *argv], capture_output=True,
+                          text=True, timeout=timeout, env=cli_env(**env), cwd=REPO)
+
+
+# -- what a user sees -------------------------------------------------------------------------
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The `blip-lora CMD: error: ...` lines of a command's stderr."""
+    return [line for line in stderr.splitlines() if re.match(r"blip-lora \w+: error: ", line)]
+
+
+def assert_clean_error(code: int, stderr: str, *names: str) -> str:
+    """Exit code 2, no traceback, exactly one error line, naming every one of names; returns that line."""
+    assert code == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = error_lines(stderr)
+    assert len(lines) == 1, stderr
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _FillingHandle:
+    """A file object that accepts `room` bytes, then fails every write with ENOSPC (as a full disk does)."""
+
+    def __init__(self, handle, room: int) -> None:
+        self._handle, self._room = handle, room
+
+    def write(self, data):
+        if len(data) > self._room:
+            self._handle.write(data[:self._room])
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._handle.__exit__(*exc)
+
+
+@contextmanager
+def full_disk(monkeypatch, *, room: int = 0, when: Callable[[str], bool] = lambda name: True):
+    """Files opened with os.fdopen (the atomic writers' temp files) take `room` bytes, then raise ENOSPC.
+
+    `when(temp_file_name)` picks the files that hit the full disk; yields the list of names that did.
+    """
+    real_fdopen, hit = os.fdopen, []
+
+    def fdopen(fd, *args, **kwargs):
+        handle = real_fdopen(fd, *args, **kwargs)
+        name = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else ""
+        if when(name):
+            hit.append(name)
+            return _FillingHandle(handle, room)
+        return handle
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fdopen", fdopen)
+        yield hit
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def temp_files(folder: Path) -> list[Path]:
+    """Leftover temporary files of atomic writes under folder."""
+    return sorted(p for p in folder.rglob(".*") if p.is_file() and TEMP_NAME.fullmatch(p.name))
+
+
+def split_safetensors(data: bytes) -> tuple[dict, bytes]:
+    """A safetensors file's JSON header and its tensor bytes."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + size]), data[8 + size:]
+
+
+def join_safetensors(header: dict, body: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + body
+
+
+def same_adapter(a: Path, b: Path) -> bool:
+    """Equal metadata and bit-for-bit equal tensors (safetensors writes metadata in a random order)."""
+    import torch
+    from safetensors.torch import load_file
+
+    meta_a, meta_b = (split_safetensors(p.read_bytes())[0].get("__metadata__") for p in (a, b))
+    tensors_a, tensors_b = load_file(a), load_file(b)
+    return meta_a == meta_b and tensors_a.keys() == tensors_b.keys() and all(
+        tensors_a[k].dtype == tensors_b[k].dtype and torch.equal(tensors_a[k], tensors_b[k]) for k in tensors_a)
+
+
+def flip_bit(data: bytes, index: int, bit: int = 0) -> bytes:
+    out = bytearray(data)
+    out[index] ^= 1 << bit
+    return bytes(out)
+
+
+class MarkerPickle:
+    """Unpickling this object creates a marker file: proof that a loader ran pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk claiming width x height RGB pixels (no image data)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
+    _serve()

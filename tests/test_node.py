@@ -467,3 +467,9 @@ def test_node_captions_with_a_real_tiny_blip(ros, make_node, tiny_model_dir, mon
     wait_until(lambda: len(captions) == 2, timeout=30.0)
     assert len(captions[1].data.split()) <= 3
     assert loads == [str(tiny_model_dir)]
+
+
+def test_the_fake_rclpy_does_not_leak():
+    """Runs without the ros fixture: nothing of the fake is importable or imported."""
+    assert str(FAKE) not in sys.path and str(PACKAGE) not in sys.path
+    assert not [name for name in sys.modules if name.split(".")[0] in ROS_MODULES]

@@ -122,7 +122,10 @@ def sample_to_row(sample: Sample, relative_to: str | Path | None = None) -> dict
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write rows as JSONL atomically: temp file in the same folder, fsync, then os.replace."""
+    """Write rows as JSONL atomically: temp file in the same folder, fsync, then os.replace.
+
+    An I/O error (a full disk) raises DataError naming the file; any previous file is left untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -134,8 +137,10 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp_name, _target_mode(path))
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise DataError(f"could not write {path}: {error.strerror or error}") from error
         raise
     _fsync_dir(path.parent)
 

@@ -10,6 +10,7 @@ bit for bit; validation keeps the best adapter.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from .train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "images_per_s", "elapsed_s"]
+EVAL_FIELDS = ["step", "exact_match", "bleu4", "cider", "count"]
 
 
 @dataclass
@@ -239,6 +241,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", config.to_yaml())
+        if resume:
+            _trim_logs(out, start_step)
     result = TrainResult(out, best=best)
     batches = stream.iterate(start_step * config.grad_accum)
     bar = tqdm(total=total_steps, initial=start_step, disable=not (config.progress and ctx.main),
@@ -321,11 +325,26 @@ def _log_row(step, epoch, loss_sum, tokens, lr, grad_norm, window, ctx, elapsed,
 
 def _append_csv(path: Path, row: dict, fields: list[str]) -> None:
     new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    try:
+        with open(path, "a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+    except OSError as error:
+        raise TrainingError(f"could not write {path}: {error.strerror or error}") from error
+
+
+def _trim_logs(out: Path, step: int) -> None:
+    """On resume: keep the logs' whole rows up to the checkpoint's step (a kill leaves later or torn rows)."""
+    for path, fields in ((out / "train_log.csv", LOG_FIELDS), (out / "eval_log.csv", EVAL_FIELDS)):
+        if not path.exists():
+            continue
+        rows = list(csv.reader(path.read_text(encoding="utf-8", errors="replace").replace("\0", "").splitlines()))
+        kept = [r for r in rows[1:] if len(r) == len(fields) and r[0].isdigit() and int(r[0]) <= step]
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([fields, *kept])
+        atomic_write_text(path, buffer.getvalue())
 
 
 def _eval_due(done: int, total: int, steps_per_epoch: int, config: TrainConfig) -> bool:
@@ -339,7 +358,7 @@ def _validate(bundle, val_samples, config, ctx, out, step, best) -> dict:
         metrics["step"] = step
         log.info("validation at step %d: exact match %.3f, BLEU-4 %.3f, CIDEr %.3f", step,
                  metrics["exact_match"], metrics["bleu4"], metrics["cider"])
-        _append_csv(out / "eval_log.csv", metrics, ["step", "exact_match", "bleu4", "cider", "count"])
+        _append_csv(out / "eval_log.csv", metrics, EVAL_FIELDS)
         if config.finetune == "lora" and _better(metrics, best):
             best = metrics
             _save_adapter(bundle, config, out / "best.safetensors", extra={"step": step, "metrics": metrics})

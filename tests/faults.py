@@ -132,8 +132,6 @@ def assert_clean_error(code: int, stderr: str, *names: str) -> str:
 
 # -- a full disk -------------------------------------------------------------------------------
 
-ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
 
 class _FillingHandle:
     """A file object that accepts `room` bytes, then fails every write with ENOSPC (as a full disk does)."""
@@ -161,23 +159,48 @@ class _FillingHandle:
 
 @contextmanager
 def full_disk(monkeypatch, *, room: int = 0, when: Callable[[str], bool] = lambda name: True):
-    """Files opened with os.fdopen (the atomic writers' temp files) take `room` bytes, then raise ENOSPC.
+    """Files opened for writing take `room` bytes (or characters), then every write raises ENOSPC.
 
-    `when(temp_file_name)` picks the files that hit the full disk; yields the list of names that did.
+    Covers os.fdopen (the atomic writers' temp files) and open() (logs); `when(file_name)` picks the
+    files that hit the full disk. Yields the list of names that did.
     """
-    real_fdopen, hit = os.fdopen, []
+    import builtins
 
-    def fdopen(fd, *args, **kwargs):
-        handle = real_fdopen(fd, *args, **kwargs)
-        name = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else ""
+    real_fdopen, real_open, hit = os.fdopen, builtins.open, []
+
+    def filling(handle, name: str):
         if when(name):
             hit.append(name)
             return _FillingHandle(handle, room)
         return handle
 
+    def fdopen(fd, mode="r", *args, **kwargs):
+        return filling(real_fdopen(fd, mode, *args, **kwargs), os.readlink(f"/proc/self/fd/{fd}"))
+
+    def open_(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        writing = isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+")
+        return filling(handle, os.fspath(file)) if writing else handle
+
     with monkeypatch.context() as patch:
         patch.setattr(os, "fdopen", fdopen)
+        patch.setattr(builtins, "open", open_)
         yield hit
+
+
+@contextmanager
+def failing(monkeypatch, target, name: str, when: Callable[..., bool] = lambda *args: True):
+    """target.name (os.fsync, os.replace ...) raises ENOSPC while when(*args) holds."""
+    real = getattr(target, name)
+
+    def fail(*args, **kwargs):
+        if when(*args):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(target, name, fail)
+        yield
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -209,6 +232,14 @@ def same_adapter(a: Path, b: Path) -> bool:
     tensors_a, tensors_b = load_file(a), load_file(b)
     return meta_a == meta_b and tensors_a.keys() == tensors_b.keys() and all(
         tensors_a[k].dtype == tensors_b[k].dtype and torch.equal(tensors_a[k], tensors_b[k]) for k in tensors_a)
+
+
+def log_losses(csv_path: Path) -> list[tuple[str, str]]:
+    """(step, loss) of every row of a training log, as written."""
+    import csv
+
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        return [(row["step"], row["loss"]) for row in csv.DictReader(handle)]
 
 
 def flip_bit(data: bytes, index: int, bit: int = 0) -> bytes:

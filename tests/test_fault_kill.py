@@ -22,7 +22,7 @@ from blip_lora_core.adapter_io import read_adapter
 from blip_lora_core.atomic import SLOW_WRITE_ENV
 from blip_lora_core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from blip_lora_core.train_config import load_config
-from faults import TEMP_NAME, WarmCli, cli_env, same_adapter, temp_files
+from faults import TEMP_NAME, WarmCli, cli_env, log_losses, same_adapter, temp_files
 
 SETTINGS = dict(batch_size=2, grad_accum=1, epochs=2, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0,
                 progress=False, r=4, alpha=8, dropout=0.1, seed=3, augment={"colour_jitter": 0.3},
@@ -83,6 +83,7 @@ def test_sigkill_at_random_moments_and_inside_writes_then_resume_equals_uninterr
         named = list(out.glob("lora_*.safetensors"))
         assert named and all(same_adapter(p, reference) for p in [out / "last.safetensors", *named]), \
             f"trial {number} ({kind} {when})"
+        assert log_losses(out / "train_log.csv") == log_losses(reference.with_name("train_log.csv"))
     assert landed_in_write == 4
 
 
@@ -172,6 +173,7 @@ def test_sigint_saves_a_checkpoint_at_the_last_finished_step_and_exits_130(run_s
     assert not temp_files(out)
     assert cli.run(_train(no_checkpoints, out, "--resume"), tmp_path / "resume") == 0, _log(tmp_path / "resume")
     assert same_adapter(out / "last.safetensors", reference)
+    assert log_losses(out / "train_log.csv") == log_losses(reference.with_name("train_log.csv"))
 
 
 def _wait_for_rows(csv_path: Path, rows: int, process: subprocess.Popen, timeout: float = 120.0) -> None:

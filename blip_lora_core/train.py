@@ -418,7 +418,10 @@ def _finish(result: TrainResult, bundle: BlipBundle, config: TrainConfig, total_
         named = out / adapter_filename(config.lora_config(), batch_size=config.batch_size, epochs=epochs, lr=config.lr)
         result.adapter = atomic_write_bytes(named, chosen.read_bytes())
         log.info("adapter: %s", named)
-    plot_loss(out / "train_log.csv", out / "loss_curve.png")
+    try:
+        plot_loss(out / "train_log.csv", out / "loss_curve.png")
+    except TrainingError as error:  # the run itself is complete and saved
+        log.warning("%s; the loss curve is missing", error)
 
 
 def save_full_model(bundle: BlipBundle, folder: Path) -> Path:
@@ -453,6 +456,11 @@ def plot_loss(csv_path: Path, png_path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, png_path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise TrainingError(f"could not write {png_path}: {error.strerror or error}") from error
+    finally:
+        plt.close(fig)

@@ -172,3 +172,14 @@ def test_a_full_disk_under_the_final_adapter_keeps_last_and_names_the_file(tiny_
         code = main(_argv(tiny_model_dir, disk_data, out, "--max-steps", "1"))
     line = assert_clean_error(code, capsys.readouterr().err, str(out / "lora_r4_a8_bs2_"), NO_SPACE)
     assert read_adapter(out / "last.safetensors") and not temp_files(out), line
+
+
+def test_a_full_disk_under_the_loss_curve_warns_and_keeps_the_finished_adapter(tiny_model_dir, disk_data, tmp_path,
+                                                                              monkeypatch, capsys, caplog):
+    out = tmp_path / "run"
+    with full_disk(monkeypatch, room=100, when=lambda name: "loss_curve" in name), caplog.at_level("WARNING"):
+        code = main(_argv(tiny_model_dir, disk_data, out, "--max-steps", "1"))
+    assert code == 0, capsys.readouterr().err
+    assert f"could not write {out / 'loss_curve.png'}: {NO_SPACE}" in caplog.text
+    assert read_adapter(out / "last.safetensors") and list(out.glob("lora_r4_*.safetensors"))
+    assert not list(out.glob("loss_curve*"))

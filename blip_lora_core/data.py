@@ -11,7 +11,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import ConfigError, DataError
+from .atomic import atomic_write_text
+from .errors import BlipLoraError, ConfigError, DataError
 from .images import check_image_file, load_image
 
 MAX_ERRORS_SHOWN = 5
@@ -122,27 +122,15 @@ def sample_to_row(sample: Sample, relative_to: str | Path | None = None) -> dict
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write rows as JSONL atomically: temp file in the same folder, fsync, then os.replace.
+    """Write rows as JSONL atomically (temp file, fsync, rename): readers never see half a file.
 
     An I/O error (a full disk) raises DataError naming the file; any previous file is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    text = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, _target_mode(path))
-        os.replace(tmp_name, path)
-    except BaseException as error:
-        Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise DataError(f"could not write {path}: {error.strerror or error}") from error
-        raise
-    _fsync_dir(path.parent)
+        atomic_write_text(path, text)
+    except BlipLoraError as error:
+        raise DataError(str(error)) from error.__cause__
 
 
 class ImageCaptionDataset(Dataset):
@@ -336,23 +324,3 @@ def _val_count(n: int, val_fraction: float) -> int:
     return min(n - 1, max(1, math.floor(n * val_fraction + 0.5)))
 
 
-def _target_mode(path: Path) -> int:
-    """Permissions for a replaced file: the old file's, or 0o644 for a new one."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        return 0o644
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); silently skipped where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

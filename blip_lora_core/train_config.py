@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -11,11 +13,15 @@ from typing import Any
 
 import yaml
 
+from .augment import AugmentConfig
 from .errors import ConfigError
 from .lora import DEFAULT_TARGETS, LoraConfig
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 FINETUNE_MODES = ("lora", "full")
+MAX_YAML_VALUES = 100_000  # more than any real configuration; YAML aliases can expand to billions
+_SHORT = reprlib.Repr()  # short reprs of bad values in messages
+_SHORT.maxstring, _SHORT.maxlevel = 60, 2
 
 
 @dataclass
@@ -81,6 +87,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         self.lora_config()  # validates r, alpha, dropout, targets
+        AugmentConfig.from_dict(self.augment)
 
     def lora_config(self) -> LoraConfig:
         return LoraConfig(r=self.r, alpha=self.alpha, dropout=self.dropout, rslora=self.rslora,
@@ -98,14 +105,16 @@ def _check_types(config: TrainConfig) -> None:
     for f in dataclasses.fields(config):
         value, expected = getattr(config, f.name), hints[f.name]
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            setattr(config, f.name, float(value))
-            continue
+            value = float(value)
+            setattr(config, f.name, value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
         origin = typing.get_origin(expected) or expected
         if origin is types.UnionType:
             origin = tuple(typing.get_origin(a) or a for a in typing.get_args(expected))
         if isinstance(value, bool) and expected is not bool or not isinstance(value, origin):
             raise ConfigError(f"{f.name} must be {getattr(expected, '__name__', expected)}, "
-                              f"got {type(value).__name__} {value!r}")
+                              f"got {type(value).__name__} {_SHORT.repr(value)}")
     if not all(isinstance(t, str) for t in config.targets):
         raise ConfigError("targets must be a list of strings")
 
@@ -133,9 +142,33 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read YAML configuration ({error})") from None
+        raise ConfigError(f"{path}: cannot read YAML configuration ({_yaml_reason(error)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the configuration must be a mapping of settings, got {type(data).__name__}")
+    _check_size(path, data)
     return data
+
+
+def _yaml_reason(error: Exception) -> str:
+    """One line: the YAML problem and where it is, without PyYAML's multi-line snippet."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem and mark:
+        return f"{problem}, line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
+
+
+def _check_size(path: Path, data: Any) -> None:
+    """ConfigError when the YAML expands to more than MAX_YAML_VALUES values (an alias bomb, a cycle)."""
+    stack, count = [data], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(f"{path}: the configuration expands to more than {MAX_YAML_VALUES} values "
+                              f"(YAML aliases?)")
+        if isinstance(item, dict):
+            stack.extend(item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)

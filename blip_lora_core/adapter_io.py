@@ -142,17 +142,20 @@ def _parse_metadata(path: Path, metadata: dict[str, str]) -> AdapterInfo:
     if metadata.get("format") != FORMAT:
         raise AdapterError(f"{path}: not a blip-lora adapter (metadata format is {metadata.get('format')!r})")
     try:
+        targets = json.loads(metadata["targets"])
+        if not isinstance(targets, list) or metadata["scaling"] not in ("alpha/r", "alpha/sqrt(r)"):
+            raise ValueError(f"targets {metadata['targets'][:80]!r}, scaling {metadata['scaling'][:80]!r}")
         config = LoraConfig(
             r=int(metadata["r"]),
             alpha=float(metadata["alpha"]),
             dropout=float(metadata["dropout"]),
             rslora=metadata["scaling"] == "alpha/sqrt(r)",
-            targets=tuple(json.loads(metadata["targets"])),
+            targets=tuple(targets),
         )
         layers = json.loads(metadata["layers"])
         extra = json.loads(metadata.get("extra", "{}"))
-    except (KeyError, ValueError, TypeError, ConfigError) as error:
-        raise AdapterError(f"{path}: adapter metadata is missing or invalid ({error})") from None
+    except (KeyError, ValueError, TypeError, RecursionError, ConfigError) as error:
+        raise AdapterError(f"{path}: adapter metadata is missing or invalid ({str(error)[:200]})") from None
     if not isinstance(layers, list) or not layers or not all(isinstance(n, str) for n in layers):
         raise AdapterError(f"{path}: adapter metadata 'layers' must be a non-empty list of layer names")
     return AdapterInfo(config, layers, metadata.get("base_model", ""), metadata.get("base_revision", ""),

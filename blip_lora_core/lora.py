@@ -42,8 +42,8 @@ class LoraConfig:
         object.__setattr__(self, "targets", tuple(self.targets))
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
             raise ConfigError(f"lora r must be a positive integer, got {self.r!r}")
-        if not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
-            raise ConfigError(f"lora alpha must be a positive number, got {self.alpha!r}")
+        if not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < math.inf:
+            raise ConfigError(f"lora alpha must be a positive finite number, got {self.alpha!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
         for pattern in self.targets:

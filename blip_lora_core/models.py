@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from transformers import BlipConfig, BlipForConditionalGeneration, BertTokenizerFast, PreTrainedTokenizerBase
 
 from .atomic import atomic_write_text
@@ -66,8 +68,13 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, revision=revision,
                                                                trust_remote_code=False)
         preprocess = ImagePreprocessor.from_pretrained(name_or_path, revision=revision)
-    except (OSError, ValueError, KeyError) as error:
-        raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: {error}") from None
+    except pickle.UnpicklingError:
+        raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: its weights are a pickle holding more than "
+                            f"tensors, refused by torch's weights-only loader") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
+        # corrupt weights, a config that is not a mapping
+        reason = " ".join(str(error).split())[:300]
+        raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: {reason}") from None
     model.to(target).eval()
     return BlipBundle(model, tokenizer, preprocess, name_or_path, revision or "")
 

@@ -94,13 +94,21 @@ def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read one checkpoint file; TrainingError naming it when it is unreadable."""
+    """Read one checkpoint file; TrainingError naming it when it is unreadable or its metadata is not ours."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = json.loads((handle.metadata() or {})["checkpoint"])
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except (SafetensorError, OSError, KeyError, ValueError) as error:
-        raise TrainingError(f"{path}: unreadable checkpoint ({error})") from None
+        return _assemble(path, meta, tensors)
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, AttributeError, RecursionError) as error:
+        reason = f"missing {error}" if isinstance(error, KeyError) else str(error)[:200]
+        raise TrainingError(f"{path}: unreadable checkpoint ({reason})") from None
+
+
+def _assemble(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> Checkpoint:
+    """Checkpoint from the metadata and tensors; KeyError / TypeError / ValueError when they do not fit."""
+    if not isinstance(meta.get("step"), int) or meta["step"] < 0 or not isinstance(meta["param_names"], list):
+        raise ValueError("metadata 'step' or 'param_names' is invalid")
     params = {n: tensors[f"param.{n}"] for n in meta["param_names"]}
     state: dict[int, dict] = {}
     for key, tensor in tensors.items():

@@ -390,20 +390,37 @@ def _latest_name(out: Path) -> str:
 def _restore(folder: Path, params, optimizer, scaler) -> tuple[int, dict]:
     checkpoint = latest_checkpoint(folder)
     if checkpoint is None:
+        found = sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
+        if found:
+            raise TrainingError(f"{folder}: none of the {len(found)} checkpoint(s) can be read (see the warnings "
+                                f"above); move them away to start from step 0")
         log.warning("no checkpoint in %s: starting from step 0", folder)
         return 0, {}
+    _check_fits(checkpoint, params)
+    try:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(checkpoint.params[name])
+        optimizer.load_state_dict(checkpoint.optimizer)
+        if checkpoint.scaler:
+            scaler.load_state_dict(checkpoint.scaler)
+        set_rng_state(checkpoint.rng)
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
+        raise TrainingError(f"{checkpoint.path}: cannot resume from this checkpoint ({str(error)[:200]})") from None
+    log.info("resumed from %s (step %d)", checkpoint.path, checkpoint.step)
+    return checkpoint.step, checkpoint.extra.get("best", {})
+
+
+def _check_fits(checkpoint, params: dict[str, nn.Parameter]) -> None:
+    """TrainingError unless the checkpoint holds exactly this run's parameters, with their shapes."""
     missing = sorted(set(params) ^ set(checkpoint.params))
     if missing:
         raise TrainingError(f"{checkpoint.path}: parameters differ from this run's ({missing[:3]})")
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(checkpoint.params[name])
-    optimizer.load_state_dict(checkpoint.optimizer)
-    if checkpoint.scaler:
-        scaler.load_state_dict(checkpoint.scaler)
-    set_rng_state(checkpoint.rng)
-    log.info("resumed from %s (step %d)", checkpoint.path, checkpoint.step)
-    return checkpoint.step, checkpoint.extra.get("best", {})
+    for name, param in params.items():
+        saved = checkpoint.params[name]
+        if saved.shape != param.shape or not saved.is_floating_point():
+            raise TrainingError(f"{checkpoint.path}: {name} is {tuple(saved.shape)} {saved.dtype} in the checkpoint "
+                                f"but {tuple(param.shape)} in this run (were r, targets or the model changed?)")
 
 
 def _finish(result: TrainResult, bundle: BlipBundle, config: TrainConfig, total_steps: int,

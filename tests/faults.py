@@ -258,14 +258,38 @@ class MarkerPickle:
         return (Path.touch, (self.marker,))
 
 
+@contextmanager
+def time_limit(seconds: int):
+    """AssertionError when the block runs longer than seconds (SIGALRM; no limit off the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def too_slow(signum, frame):
+        raise AssertionError(f"took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def png_header(width: int, height: int) -> bytes:
-    """A PNG signature and IHDR chunk claiming width x height RGB pixels (no image data)."""
+    """A PNG claiming width x height RGB pixels that holds a few bytes of pixel data (a decompression bomb's shape)."""
     import struct
     import zlib
 
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:

@@ -127,6 +127,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[AdapterInfo, dict[str, torch.
     path = Path(path)
     if not path.is_file():
         raise AdapterError(f"{path}: no such adapter file")
+    _refuse_pickles(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -136,6 +137,15 @@ def read_adapter(path: str | os.PathLike) -> tuple[AdapterInfo, dict[str, torch.
     info = _parse_metadata(path, metadata)
     _check_tensors(path, info, tensors)
     return info, tensors
+
+
+def _refuse_pickles(path: Path) -> None:
+    """AdapterError for a pickle or torch.save file (never unpickled: unpickling can run code)."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic[:1] == b"\x80" or magic == b"PK\x03\x04":
+        raise AdapterError(f"{path}: not a readable safetensors adapter file (it is a pickle or torch.save file; "
+                           f"blip-lora never unpickles files, that can run code)")
 
 
 def _parse_metadata(path: Path, metadata: dict[str, str]) -> AdapterInfo:

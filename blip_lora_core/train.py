@@ -130,13 +130,21 @@ def _effective_precision(config: TrainConfig, device: torch.device) -> TrainConf
 
 
 def _optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (LoRA A and B included), none on biases and norms."""
+    """AdamW with weight decay on matrices (LoRA A and B included), none on biases and norms.
+
+    Fused (one kernel for all parameters) on CUDA and, from torch 2.4, on the CPU, where the default
+    per-tensor loop takes about 3x longer over BLIP-large's 192 LoRA tensors.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), fused=fused or None)
+    if device.type in ("cuda", "cpu"):
+        try:
+            return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), fused=True)
+        except (RuntimeError, TypeError):  # torch < 2.4 has no fused AdamW on the CPU
+            pass
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999))
 
 
 def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float) -> torch.Tensor:

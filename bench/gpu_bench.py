@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 import time
 import traceback
@@ -247,16 +246,23 @@ def caption_rows(bundle, adapter, args, notes: list[str]) -> list[Row]:
 # ---------------------------------------------------------------- training rows
 
 
-def _train_step(model, batch, optimizer, autocast, plain: bool):
-    from blip_lora_core.train import token_loss_sum
+def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """blip_lora_core.train.token_loss_sum without importing train (whose metrics need pycocoevalcap)."""
+    logits = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                   attention_mask=batch["attention_mask"]).logits
+    logits, labels = logits[:, :-1], batch["labels"][:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
+                           reduction="sum")
 
+
+def _train_step(model, batch, optimizer, autocast, plain: bool):
     def step():
         with autocast():
             if plain:
                 loss = model(**batch).loss
             else:
                 tokens = (batch["labels"][:, 1:] != -100).sum()
-                loss = token_loss_sum(model, batch, 0.0) / tokens
+                loss = token_loss_sum(model, batch) / tokens
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -319,21 +325,24 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     notes: list[str] = []
     rows: list[Row] = []
-    for part, run in (("train", lambda b, a: train_rows(b, args, notes)),
-                      ("caption", lambda b, a: caption_rows(b, a, args, notes))):
-        if args.only and part != args.only:
-            continue
-        print(f"[gpu-bench] {part} ...", file=sys.stderr, flush=True)
-        try:
-            bundle, adapter = build(args)
-            rows += run(bundle, adapter)
-        except Exception as error:  # noqa: BLE001 - report and go on with the other part
-            traceback.print_exc()
-            notes.append(f"{part} rows failed: {type(error).__name__}: {error}")
-        finally:
-            bundle = None
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    try:
+        for part, run in (("train", lambda b, a: train_rows(b, args, notes)),
+                          ("caption", lambda b, a: caption_rows(b, a, args, notes))):
+            if args.only and part != args.only:
+                continue
+            print(f"[gpu-bench] {part} ...", file=sys.stderr, flush=True)
+            try:
+                bundle, adapter = build(args)
+                rows += run(bundle, adapter)
+            except Exception as error:  # noqa: BLE001 - report and go on with the other part
+                traceback.print_exc()
+                notes.append(f"{part} rows failed: {type(error).__name__}: {error}")
+            finally:
+                bundle = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    except KeyboardInterrupt:  # gpu.sh's time limit: keep what was measured
+        notes.append("interrupted by the time limit: later rows are missing (failed)")
     model = "tiny BLIP (dry run)" if args.tiny else "BLIP-large, random weights"
     text = format_table(rows, f"{name}; {model}", title=f"blip-lora GPU benchmarks ({name})")
     text += f"\nTotal time {time.perf_counter() - began:.0f} s.\n"

@@ -14,7 +14,6 @@ from torch import nn
 
 from blip_lora_core.lora import LoraConfig, find_targets, inject_lora, lora_layers
 from blip_lora_core.models import build_on_meta
-from blip_lora_core.train import token_loss_sum
 
 from .common import Row, caption_batch, interleave, large_random_model, median, shared_copy
 
@@ -52,6 +51,8 @@ def lora_pair(model: nn.Module, config: LoraConfig = LORA, seed: int = 0) -> Lor
 
 def training_step(model: nn.Module, batch: dict[str, torch.Tensor], lr: float = 1e-4) -> Callable[[], float]:
     """A closure running one step (the summed token loss, backward, AdamW, zero_grad); returns the loss."""
+    from blip_lora_core.train import token_loss_sum
+
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
 
@@ -60,7 +61,7 @@ def training_step(model: nn.Module, batch: dict[str, torch.Tensor], lr: float = 
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 

@@ -30,6 +30,7 @@ def _rss_mib(field: str) -> float:
 def child(mode: str, size: str) -> dict:
     """Build the model, set it up for mode, run one step; peak RSS and whether LoRA got gradients."""
     from blip_lora_core.lora import LoraConfig, inject_lora, lora_layers
+    from blip_lora_core.train import token_loss_sum
 
     from . import rows_lora
     from .common import MEDIUM, TINY, large_random_model, small_bundle
@@ -53,9 +54,10 @@ def child(mode: str, size: str) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     began, grads_ok = time.perf_counter(), True
-    rows_lora.token_loss_sum(model, batch, 0.0).backward()
+    token_loss_sum(model, batch, 0.0).backward()
     if mode.startswith("lora"):
-        grads_ok = all(m.lora_A.grad is not None and bool(m.lora_A.grad.abs().sum() > 0)
+        # B starts at zero, so at the first step only B has a non-zero gradient
+        grads_ok = all(m.lora_B.grad is not None and bool(m.lora_B.grad.abs().sum() > 0)
                        for m in lora_layers(model).values())
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -78,7 +80,7 @@ def rows(quick: bool) -> list[Row]:
     label = "tiny BLIP" if quick else "BLIP-large"
     r = {mode: measure(mode, size) for mode in MODES}
     model = r["lora"]["model_mib"]
-    note = f"peak RSS of a fresh process incl. {model:,.0f} MiB of fp32 weights; batch 1, one AdamW step"
+    note = f"peak RSS of a fresh process ({model:,.0f} MiB once the fp32 model is built); batch 1, one AdamW step"
     return [
         Row("memory_lora_vs_full", f"peak RSS, LoRA vs full fine-tuning, {label}", r["lora"]["peak_mib"],
             r["full"]["peak_mib"], "MiB", "", 1,

@@ -4,7 +4,7 @@
 # plain transformers path. Writes bench/results/gpu-<device>.md. Needs torch, transformers and peft in the
 # active Python; the project itself is used from this checkout (PYTHONPATH), not installed.
 #
-#   bash bench/gpu.sh                          # on the GPU machine, about 3 minutes on an H100
+#   bash bench/gpu.sh                          # on the GPU machine (never run there yet; 460 s limit)
 #   bash bench/gpu.sh --device cpu --tiny      # dry run of every code path on a CPU
 #   GPU_BENCH_TIMEOUT=300 bash bench/gpu.sh --no-graphs
 set -euo pipefail

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench gpu-bench colcon clean
+.PHONY: test demo bench gpu-bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.run_all
+
+gpu-bench:
+	bash bench/gpu.sh
 
 clean:
 	rm -rf $(VENV) build ros2_ws/build ros2_ws/install ros2_ws/log

@@ -117,6 +117,9 @@ def inject_lora(model: nn.Module, config: LoraConfig, *, layer_names: list[str] 
         module = modules.get(name)
         if not isinstance(module, nn.Linear):
             raise AdapterError(f"layer {name!r} is not an nn.Linear in this model (found {type(module).__name__})")
+        if config.r > min(module.in_features, module.out_features):
+            raise AdapterError(f"LoRA rank r={config.r} exceeds layer {name}'s smallest dimension "
+                               f"(weight {tuple(module.weight.shape)}): a rank that large is no low-rank update")
     setattr(model, _FROZEN_FLAGS, {n: p.requires_grad for n, p in model.named_parameters()})
     for param in model.parameters():
         param.requires_grad_(False)

@@ -211,3 +211,9 @@ def test_hooks_compile_with_torch_compile(tiny_bundle):
     eager = holder(x)
     compiled = torch.compile(holder, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), eager)
+
+
+def test_rank_larger_than_a_layer_is_refused_before_allocating(tiny_bundle):
+    with pytest.raises(AdapterError, match=r"r=100000000000 exceeds layer vision_model\.encoder\.layers\.0\.self_attn\.qkv"):
+        inject_lora(tiny_bundle.model, LoraConfig(r=100_000_000_000))
+    assert not lora_layers(tiny_bundle.model)

@@ -442,7 +442,6 @@ def _finish(result: TrainResult, bundle: BlipBundle, config: TrainConfig, total_
         epochs = math.ceil(total_steps / steps_per_epoch)
         named = out / adapter_filename(config.lora_config(), batch_size=config.batch_size, epochs=epochs, lr=config.lr)
         result.adapter = atomic_write_bytes(named, chosen.read_bytes())
-        log.info("adapter: %s", named)
     try:
         plot_loss(out / "train_log.csv", out / "loss_curve.png")
     except TrainingError as error:  # the run itself is complete and saved

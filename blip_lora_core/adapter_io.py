@@ -127,12 +127,12 @@ def read_adapter(path: str | os.PathLike) -> tuple[AdapterInfo, dict[str, torch.
     path = Path(path)
     if not path.is_file():
         raise AdapterError(f"{path}: no such adapter file")
-    _refuse_pickles(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        _refuse_pickles(path)
         raise AdapterError(f"{path}: not a readable safetensors adapter file ({error})") from None
     info = _parse_metadata(path, metadata)
     _check_tensors(path, info, tensors)
@@ -140,7 +140,9 @@ def read_adapter(path: str | os.PathLike) -> tuple[AdapterInfo, dict[str, torch.
 
 
 def _refuse_pickles(path: Path) -> None:
-    """AdapterError for a pickle or torch.save file (never unpickled: unpickling can run code)."""
+    """AdapterError for a file that safetensors cannot read and that looks like a pickle or torch.save
+    file (never unpickled: unpickling can run code). Only asked after safetensors failed: a valid
+    safetensors header length can start with the byte 0x80 too."""
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic[:1] == b"\x80" or magic == b"PK\x03\x04":

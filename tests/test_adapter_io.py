@@ -210,3 +210,14 @@ def test_remove_after_load_restores_the_model(tiny_bundle, tiny_model_dir, tmp_p
     load_adapter(model, path)
     remove_lora(model)
     assert list(model.state_dict()) == keys
+
+
+def test_a_header_length_starting_with_byte_0x80_is_not_taken_for_a_pickle(tiny_bundle, tiny_model_dir, tmp_path):
+    """safetensors starts with the header length (little-endian u64): 0x...80 is a valid first byte."""
+    model = _trained(tiny_bundle)
+    for pad in range(300):
+        path = save_adapter(model, tmp_path / "a.safetensors", config=CONFIG, extra={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    load_adapter(load_blip(str(tiny_model_dir)).model, path)

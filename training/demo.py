@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -105,7 +104,7 @@ class DemoResult:
     base_exact: float  # on the held-out "table" set
     before_metrics: dict = field(default_factory=dict)
     after_metrics: dict = field(default_factory=dict)
-    base_dir: Path | None = None
+    base_model: Path | None = None
     adapter: Path | None = None
     gallery: Path | None = None
     seconds: dict = field(default_factory=dict)
@@ -141,7 +140,7 @@ def _config(settings: DemoSettings, **values) -> TrainConfig:
 
 
 @contextmanager
-def _threads(count: int) -> Iterator[None]:
+def torch_threads(count: int) -> Iterator[None]:
     """torch.set_num_threads(count) for the duration (count 0: unchanged)."""
     previous = torch.get_num_threads()
     if count > 0:
@@ -168,7 +167,7 @@ def pretrain_base(out: str | Path, settings: DemoSettings = DemoSettings(), *, f
     base = Path(out) / "base"
     if not fresh and is_cached(out, settings):
         return base / "model"
-    with _threads(settings.threads):
+    with torch_threads(settings.threads):
         return _pretrain(Path(out), settings)
 
 
@@ -225,7 +224,7 @@ def lora_finetune(out: str | Path, model: Path, train_file: Path, settings: Demo
 def run_demo(out: str | Path = "demo_out", settings: DemoSettings = DemoSettings(), *,
              fresh: bool = False) -> DemoResult:
     """Pretrain or reuse the base, then measure, LoRA-fine-tune, measure again, and write the gallery."""
-    with _threads(settings.threads):
+    with torch_threads(settings.threads):
         return _run(Path(out), settings, fresh)
 
 
@@ -264,10 +263,9 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _quiet() -> None:
-    """Training logs at WARNING (the demo prints its own lines); progress bars stay."""
+def quiet_logs() -> None:
+    """Logs at WARNING and no transformers progress bars (the demo prints its own lines; training bars stay)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    warnings.filterwarnings("ignore", category=UserWarning)
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
@@ -280,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1; 0: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    _quiet()
+    quiet_logs()
     settings = replace(DemoSettings.fast() if args.fast else DemoSettings(), progress=not args.no_progress)
     if args.threads is not None:
         settings = replace(settings, threads=args.threads)

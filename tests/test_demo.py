@@ -15,40 +15,29 @@ from blip_lora_training.demo import DemoResult, DemoSettings, base_metrics, is_c
 LAST_LINE = re.compile(r"exact match: before (\d\.\d\d) -> after (\d\.\d\d)")
 
 
-@pytest.fixture(scope="session")
-def demo_output(tmp_path_factory):
-    """One run of `python -m blip_lora_training.demo --fast` (about 40 s): its folder and stdout lines."""
-    out = tmp_path_factory.mktemp("demo_out")
+@pytest.mark.slow
+def test_lora_lifts_the_shifted_domain_and_the_base_is_cached(tmp_path):
+    """One run of `python -m blip_lora_training.demo --fast` (about 45 s on two cores).
+
+    A single test on purpose: under pytest-xdist the two halves would each pretrain the base.
+    """
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = main(["--out", str(out), "--fast", "--no-progress"])
-    assert code == 0
-    return out, stdout.getvalue().splitlines()
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("demo")
-def test_lora_lifts_the_shifted_domain(demo_output):
-    out, lines = demo_output
-    found = LAST_LINE.fullmatch(lines[-1])
-    assert found, f"last line {lines[-1]!r}"
+        assert main(["--out", str(tmp_path), "--fast", "--no-progress"]) == 0
+    last = stdout.getvalue().splitlines()[-1]
+    found = LAST_LINE.fullmatch(last)
+    assert found, f"last line {last!r}"
     before, after = float(found[1]), float(found[2])
-    assert after - before >= 0.5, lines[-1]
-    assert base_metrics(out)["exact_match"] >= 0.9
-    page = (out / "gallery.html").read_text(encoding="utf-8")
+    assert after - before >= 0.5, last
+    assert base_metrics(tmp_path)["exact_match"] >= 0.9
+    page = (tmp_path / "gallery.html").read_text(encoding="utf-8")
     assert page.count("<img") == DemoSettings.fast().shift_test and "before" in page and "after" in page
 
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("demo")
-def test_the_pretrained_base_is_reused_only_with_the_same_settings(demo_output):
-    out, _ = demo_output
     began = time.perf_counter()
-    assert pretrain_base(out, DemoSettings.fast()) == out / "base" / "model"
+    assert pretrain_base(tmp_path, DemoSettings.fast()) == tmp_path / "base" / "model"
     assert time.perf_counter() - began < 5
-    assert is_cached(out, DemoSettings.fast())
-    assert not is_cached(out, replace(DemoSettings.fast(), base_lr=1e-3))
-    assert not is_cached(out / "elsewhere", DemoSettings.fast())
+    assert not is_cached(tmp_path, replace(DemoSettings.fast(), base_lr=1e-3))
+    assert not is_cached(tmp_path / "elsewhere", DemoSettings.fast())
 
 
 def test_summary_line_has_two_decimals():

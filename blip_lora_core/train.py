@@ -176,11 +176,13 @@ def predict(bundle: BlipBundle, samples: list[Sample], *, prompt: str | None, ma
         bundle.model.train(was_training)
 
 
-def evaluate(bundle: BlipBundle, samples: list[Sample], config: TrainConfig) -> dict:
+def evaluate(bundle: BlipBundle, samples: list[Sample], config: TrainConfig,
+             pool: list[Sample] | None = None) -> dict:
     """exact match, BLEU-4 and CIDEr of greedy captions against each sample's references."""
     predictions = predict(bundle, samples, prompt=config.prompt or None, max_new_tokens=config.max_new_tokens,
                           batch_size=config.eval_batch_size)
-    references = references_by_class(samples) if config.group_references else [[s.text] for s in samples]
+    # with group_references, every phrasing a scene has anywhere in pool (training rows too) is a reference
+    references = references_by_class(samples, pool) if config.group_references else [[s.text] for s in samples]
     return caption_metrics(predictions, references)
 
 
@@ -292,7 +294,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
             if val_samples and _eval_due(done, total_steps, steps_per_epoch, config):
-                best = _validate(bundle, val_samples, config, ctx, out, done, best)
+                best = _validate(bundle, val_samples, config, ctx, out, done, best,
+                                 pool=train_samples + val_samples)
                 result.best = best
             due = bool(config.checkpoint_every) and done % config.checkpoint_every == 0
             if (due or interrupt.stop) and done < total_steps:  # Ctrl-C saves even with checkpoint_every 0
@@ -360,9 +363,9 @@ def _eval_due(done: int, total: int, steps_per_epoch: int, config: TrainConfig) 
     return done % every == 0 or done == total
 
 
-def _validate(bundle, val_samples, config, ctx, out, step, best) -> dict:
+def _validate(bundle, val_samples, config, ctx, out, step, best, pool=None) -> dict:
     if ctx.main:
-        metrics = evaluate(bundle, val_samples, config)
+        metrics = evaluate(bundle, val_samples, config, pool)
         metrics["step"] = step
         log.info("validation at step %d: exact match %.3f, BLEU-4 %.3f, CIDEr %.3f", step,
                  metrics["exact_match"], metrics["bleu4"], metrics["cider"])

@@ -207,3 +207,15 @@ def _ddp_overrides(model_dir, data, out):
     return dict(model=str(model_dir), train_file=str(data), output_dir=str(out), batch_size=1, grad_accum=1,
                 max_steps=3, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0, progress=False, r=4,
                 alpha=8, dropout=0.0, seed=3, device="cpu")
+
+
+def test_grouped_references_include_phrasings_from_the_training_rows(monkeypatch, tmp_path):
+    import blip_lora_core.train as train_module
+    from blip_lora_core.data import Sample
+
+    rows = [Sample(tmp_path / f"none_{i:04d}.jpg", text, None, tmp_path, i + 1)
+            for i, text in enumerate(["Nothing is placed in the scene", "No cube is visible in the image"])]
+    monkeypatch.setattr(train_module, "predict", lambda *a, **k: ["Nothing is placed in the scene"])
+    config = load_config(None, {"group_references": True})
+    assert train_module.evaluate(None, rows[1:], config)["exact_match"] == 0.0
+    assert train_module.evaluate(None, rows[1:], config, pool=rows)["exact_match"] == 1.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import io
 import logging
 import math
 import os
@@ -34,7 +35,7 @@ from .captioning import Captioner
 from .checkpoint import latest_checkpoint, save_checkpoint, set_rng_state
 from .data import ImageCaptionDataset, Sample, read_jsonl, split_by_order
 from .images import load_image
-from .errors import ConfigError, DataError, TrainingError
+from .errors import BlipLoraError, ConfigError, DataError, TrainingError
 from .labels import IGNORE_INDEX, TokenSpec
 from .lora import inject_lora, trainable_parameters
 from .metrics import caption_metrics, references_by_class
@@ -447,7 +448,7 @@ def _finish(result: TrainResult, bundle: BlipBundle, config: TrainConfig, total_
         result.adapter = atomic_write_bytes(named, chosen.read_bytes())
     try:
         plot_loss(out / "train_log.csv", out / "loss_curve.png")
-    except TrainingError as error:  # the run itself is complete and saved
+    except BlipLoraError as error:  # the run itself is complete and saved
         log.warning("%s; the loss curve is missing", error)
 
 
@@ -482,12 +483,9 @@ def plot_loss(csv_path: Path, png_path: Path) -> None:
     ax.set_ylabel("token cross-entropy")
     ax.legend()
     fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
+    image = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, png_path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise TrainingError(f"could not write {png_path}: {error.strerror or error}") from error
+        fig.savefig(image, format="png", dpi=100)
     finally:
         plt.close(fig)
+    atomic_write_bytes(png_path, image.getvalue())

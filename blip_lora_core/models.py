@@ -15,7 +15,6 @@ import transformers
 from safetensors import SafetensorError
 from transformers import BlipConfig, BlipForConditionalGeneration, BertTokenizerFast, PreTrainedTokenizerBase
 
-from .atomic import atomic_write_text
 from .errors import BlipLoraError, ConfigError
 from .preprocess import ImagePreprocessor
 
@@ -155,6 +154,14 @@ def build_tiny_blip(folder: str | Path, captions: Iterable[str], *, size: TinySi
     torch.manual_seed(seed)
     model = BlipForConditionalGeneration(config)
     model.save_pretrained(folder)
-    preprocess = ImagePreprocessor(height=size.image_size, width=size.image_size)
-    atomic_write_text(folder / "preprocessor_config.json", json.dumps(preprocess.to_dict(), indent=2))
+    ImagePreprocessor(height=size.image_size, width=size.image_size).save_pretrained(folder)
+    return folder
+
+
+def save_bundle(bundle: BlipBundle, folder: str | Path) -> Path:
+    """Model, tokenizer and preprocessing in one folder that every command loads like a hub model."""
+    folder = Path(folder)
+    bundle.model.save_pretrained(folder)
+    bundle.tokenizer.save_pretrained(folder)
+    bundle.preprocess.save_pretrained(folder)
     return folder

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,6 +52,12 @@ class ImagePreprocessor:
         path = cached_file(name_or_path, "preprocessor_config.json", revision=revision)
         with open(path, encoding="utf-8") as handle:
             return cls.from_dict(json.load(handle))
+
+    def save_pretrained(self, folder) -> None:
+        """Write preprocessor_config.json into folder (atomically), as transformers' processors do."""
+        from .atomic import atomic_write_text
+
+        atomic_write_text(Path(folder) / "preprocessor_config.json", json.dumps(self.to_dict(), indent=2))
 
     def to_dict(self) -> dict:
         return {

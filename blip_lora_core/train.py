@@ -39,7 +39,7 @@ from .errors import BlipLoraError, ConfigError, DataError, TrainingError
 from .labels import IGNORE_INDEX, TokenSpec
 from .lora import inject_lora, trainable_parameters
 from .metrics import caption_metrics, references_by_class
-from .models import BlipBundle, load_blip
+from .models import BlipBundle, load_blip, save_bundle
 from .schedule import lr_factor
 from .train_config import TrainConfig
 
@@ -439,7 +439,7 @@ def _finish(result: TrainResult, bundle: BlipBundle, config: TrainConfig, total_
             steps_per_epoch: int) -> None:
     out = result.output_dir
     if config.finetune == "full":
-        result.model_dir = save_full_model(bundle, out / "model")
+        result.model_dir = save_bundle(bundle, out / "model")
     else:
         last = _save_adapter(bundle, config, out / "last.safetensors", extra={"step": total_steps})
         chosen = out / "best.safetensors" if (out / "best.safetensors").exists() else last
@@ -450,16 +450,6 @@ def _finish(result: TrainResult, bundle: BlipBundle, config: TrainConfig, total_
         plot_loss(out / "train_log.csv", out / "loss_curve.png")
     except BlipLoraError as error:  # the run itself is complete and saved
         log.warning("%s; the loss curve is missing", error)
-
-
-def save_full_model(bundle: BlipBundle, folder: Path) -> Path:
-    """A fully fine-tuned model as a folder every command loads like a hub model."""
-    import json
-
-    bundle.model.save_pretrained(folder)
-    bundle.tokenizer.save_pretrained(folder)
-    atomic_write_text(folder / "preprocessor_config.json", json.dumps(bundle.preprocess.to_dict(), indent=2))
-    return folder
 
 
 def plot_loss(csv_path: Path, png_path: Path) -> None:

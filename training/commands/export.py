@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from blip_lora_core.adapter_io import load_adapter
-from blip_lora_core.atomic import atomic_write_text
 from blip_lora_core.lora import remove_lora
-from blip_lora_core.models import BLIP_LARGE, load_blip
+from blip_lora_core.models import BLIP_LARGE, load_blip, save_bundle
 from blip_lora_core.peft_interop import export_peft
 
 
@@ -36,8 +34,6 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_blip(args.model, dtype=args.dtype, device="cpu", revision=args.revision)
     load_adapter(bundle.model, args.adapter)
     remove_lora(bundle.model, keep_merged=True)
-    bundle.model.save_pretrained(out)
-    bundle.tokenizer.save_pretrained(out)
-    atomic_write_text(out / "preprocessor_config.json", json.dumps(bundle.preprocess.to_dict(), indent=2))
+    save_bundle(bundle, out)
     print(f"merged model: {out}")
     return 0

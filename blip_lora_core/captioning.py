@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from .adapter_io import AdapterInfo, load_adapter
+from .images import load_image
 from .labels import TokenSpec, generation_prompt, prompt_ids, strip_prompt
 from .lora import lora_layers, merge_lora, remove_lora
 from .models import BlipBundle, load_blip
@@ -80,6 +81,13 @@ class Captioner:
         captions: list[str] = []
         for start in range(0, len(images), self.batch_size):
             captions.extend(self._caption_batch(images[start:start + self.batch_size]))
+        return captions
+
+    def caption_files(self, paths: Sequence[str | Path]) -> list[str]:
+        """Image files -> one caption each; loads one batch of images at a time."""
+        captions: list[str] = []
+        for start in range(0, len(paths), self.batch_size):
+            captions.extend(self.caption([load_image(p) for p in paths[start:start + self.batch_size]]))
         return captions
 
     @torch.inference_mode()

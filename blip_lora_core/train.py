@@ -34,7 +34,6 @@ from .batches import CaptionCollator, MicroBatchStream
 from .captioning import Captioner
 from .checkpoint import latest_checkpoint, save_checkpoint, set_rng_state
 from .data import ImageCaptionDataset, Sample, read_jsonl, split_by_order
-from .images import load_image
 from .errors import BlipLoraError, ConfigError, DataError, TrainingError
 from .labels import IGNORE_INDEX, TokenSpec
 from .lora import inject_lora, trainable_parameters
@@ -168,11 +167,7 @@ def predict(bundle: BlipBundle, samples: list[Sample], *, prompt: str | None, ma
     was_training = bundle.model.training
     bundle.model.eval()
     try:
-        predictions = []
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start:start + batch_size]
-            predictions += captioner.caption([load_image(s.image) for s in chunk])
-        return predictions
+        return captioner.caption_files([s.image for s in samples])
     finally:
         bundle.model.train(was_training)
 

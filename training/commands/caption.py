@@ -12,7 +12,6 @@ from pathlib import Path
 
 from blip_lora_core.atomic import atomic_write_text
 from blip_lora_core.errors import DataError
-from blip_lora_core.images import load_image
 
 from ._model_args import add_model_args, captioner_from_args
 
@@ -49,11 +48,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     captioner = captioner_from_args(args)
-    rows = []
-    for start in range(0, len(paths), args.batch_size):
-        chunk = paths[start:start + args.batch_size]
-        for path, caption in zip(chunk, captioner.caption([load_image(p) for p in chunk])):
-            rows.append({"image": str(path), "caption": caption})
+    rows = [{"image": str(path), "caption": caption} for path, caption in zip(paths, captioner.caption_files(paths))]
     text = _format(rows, args.out)
     if args.out:
         atomic_write_text(args.out, text)

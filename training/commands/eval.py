@@ -8,7 +8,6 @@ import json
 from blip_lora_core.atomic import atomic_write_text
 from blip_lora_core.data import read_jsonl
 from blip_lora_core.gallery import GalleryRow, write_gallery
-from blip_lora_core.images import load_image
 from blip_lora_core.metrics import caption_metrics, references_by_class
 
 from ._model_args import add_model_args, captioner_from_args
@@ -29,10 +28,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     samples, _ = read_jsonl(args.data)
     captioner = captioner_from_args(args)
-    predictions = []
-    for start in range(0, len(samples), args.batch_size):
-        chunk = samples[start:start + args.batch_size]
-        predictions += captioner.caption([load_image(s.image) for s in chunk])
+    predictions = captioner.caption_files([s.image for s in samples])
     references = references_by_class(samples) if args.group_references else [[s.text] for s in samples]
     metrics = caption_metrics(predictions, references)
     print(f"exact match {metrics['exact_match']:.3f}  BLEU-4 {metrics['bleu4']:.3f}  "

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .dropout import lora_dropout
 from .errors import AdapterError, ConfigError
 
 DEFAULT_TARGETS = (r"vision_model\..*",)
@@ -79,10 +80,13 @@ def _lora_hook(module: nn.Linear, args: tuple[torch.Tensor, ...], output: torch.
         return output
     x = args[0]
     if state.dropout > 0.0 and module.training:
-        x = nn.functional.dropout(x, state.dropout, training=True)
-    down = nn.functional.linear(x, module.lora_A)
-    flat = torch.addmm(output.reshape(-1, output.shape[-1]), down.reshape(-1, down.shape[-1]),
-                       module.lora_B.t(), alpha=state.scaling)
+        x = lora_dropout(x, state.dropout)
+    a, b = module.lora_A, module.lora_B
+    if a.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):  # fp32 adapter on a bf16 base
+        a, b = a.to(x.dtype), b.to(x.dtype)
+    down = nn.functional.linear(x, a)
+    flat = torch.addmm(output.reshape(-1, output.shape[-1]), down.reshape(-1, down.shape[-1]), b.t(),
+                       alpha=state.scaling)
     return flat.view(output.shape)
 
 
@@ -101,11 +105,13 @@ def lora_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if hasattr(m, "_lora")}
 
 
-def inject_lora(model: nn.Module, config: LoraConfig, *, layer_names: list[str] | None = None) -> list[str]:
+def inject_lora(model: nn.Module, config: LoraConfig, *, layer_names: list[str] | None = None,
+                dtype: torch.dtype | None = None) -> list[str]:
     """Hook LoRA into the targeted layers and freeze everything else; returns the adapted layer names.
 
     layer_names, when given, is the exact list to adapt (as read from an adapter file); otherwise the
     config's patterns select the layers. A: kaiming-uniform, B: zeros, so the output is unchanged.
+    dtype of A and B: the layer weight's by default; fp32 to train on a bf16 or fp16 base.
     """
     if lora_layers(model):
         raise AdapterError("the model already has LoRA layers: call remove_lora first")
@@ -124,13 +130,13 @@ def inject_lora(model: nn.Module, config: LoraConfig, *, layer_names: list[str] 
     for param in model.parameters():
         param.requires_grad_(False)
     for name in names:
-        _hook_layer(modules[name], config)
+        _hook_layer(modules[name], config, dtype)
     return list(names)
 
 
-def _hook_layer(module: nn.Linear, config: LoraConfig) -> None:
+def _hook_layer(module: nn.Linear, config: LoraConfig, dtype: torch.dtype | None) -> None:
     weight = module.weight
-    factory = {"device": weight.device, "dtype": weight.dtype}
+    factory = {"device": weight.device, "dtype": dtype or weight.dtype}
     module.lora_A = nn.Parameter(torch.empty(config.r, module.in_features, **factory))
     module.lora_B = nn.Parameter(torch.zeros(module.out_features, config.r, **factory))
     if weight.device.type != "meta":

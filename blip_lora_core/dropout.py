@@ -1,0 +1,37 @@
+"""Dropout for LoRA inputs that is cheap on the CPU.
+
+``torch.nn.functional.dropout`` on the CPU draws one Mersenne-Twister number per element (about 3 ns
+each): on BLIP-large, LoRA dropout on the 96 vision linears' inputs draws 4.2M numbers per image and
+takes about a tenth of a training step. Here one 64-bit draw gives four 16-bit uniforms, so the keep
+mask costs a quarter of the draws. The drop probability is ``p`` rounded to a multiple of 1/65536
+(0.05 -> 0.0500031). On other devices (CUDA's Philox generator is fast) it is plain dropout.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_LEVELS = 1 << 16
+
+
+def quantised_p(p: float) -> float:
+    """The drop probability actually used on the CPU: p rounded to a multiple of 1/65536."""
+    return min(round(p * _LEVELS), _LEVELS - 1) / _LEVELS
+
+
+def lora_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-mode dropout of x (any shape): each element zeroed with probability p, the rest scaled
+    by 1 / (1 - p). Uses (and advances) the default generator of x's device."""
+    if x.device.type != "cpu":
+        return torch.nn.functional.dropout(x, p, training=True)
+    threshold = min(round(p * _LEVELS), _LEVELS - 1)
+    if threshold == 0:
+        return x
+    keep = _uniform16(x.numel()).view(x.shape) >= threshold - _LEVELS // 2
+    return x.mul(keep).mul_(_LEVELS / (_LEVELS - threshold))
+
+
+def _uniform16(count: int) -> torch.Tensor:
+    """count uniform int16 values in [-32768, 32767], four per 64-bit draw of the CPU generator."""
+    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(1 << 63), (1 << 63) - 1)
+    return words.view(torch.int16)[:count]

@@ -15,6 +15,7 @@ import transformers
 from safetensors import SafetensorError
 from transformers import BlipConfig, BlipForConditionalGeneration, BertTokenizerFast, PreTrainedTokenizerBase
 
+from .attention import use_fast_attention
 from .errors import BlipLoraError, ConfigError
 from .preprocess import ImagePreprocessor
 
@@ -56,7 +57,8 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
               revision: str | None = None) -> BlipBundle:
     """Load model, tokenizer and preprocessing from a hub id (optionally pinned to a revision) or a folder.
 
-    Never runs remote code. Raises BlipLoraError with the name when anything cannot be loaded.
+    The vision encoder's attention runs through SDPA (attention.py). Never runs remote code. Raises
+    BlipLoraError with the name when anything cannot be loaded.
     """
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
@@ -75,6 +77,7 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
         reason = " ".join(str(error).split())[:300]
         raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: {reason}") from None
     model.to(target).eval()
+    use_fast_attention(model)
     return BlipBundle(model, tokenizer, preprocess, name_or_path, revision or "")
 
 

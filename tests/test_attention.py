@@ -1,0 +1,99 @@
+"""SDPA for BLIP's vision attention: same numbers as transformers' eager code, LoRA hooks still applied."""
+
+import pytest
+import torch
+from transformers.models.blip.modeling_blip import BlipAttention
+
+from blip_lora_core.attention import use_eager_attention, use_fast_attention
+from blip_lora_core.lora import LoraConfig, inject_lora
+
+
+def _attention_layers(model):
+    return [m for m in model.modules() if isinstance(m, BlipAttention)]
+
+
+def _loss_and_grads(model, pixels, ids):
+    model.zero_grad(set_to_none=True)
+    loss = model(pixel_values=pixels, input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _ids(bundle, batch=2):
+    return bundle.tokenizer(["a red cube on a blue cube"] * batch, return_tensors="pt").input_ids
+
+
+def test_load_blip_patches_every_vision_attention(tiny_bundle):
+    layers = _attention_layers(tiny_bundle.model)
+    assert layers and all("forward" in vars(m) for m in layers)
+    assert len(layers) == tiny_bundle.model.config.vision_config.num_hidden_layers
+
+
+def test_sdpa_matches_eager_loss_and_lora_gradients(tiny_bundle, pixels):
+    model = tiny_bundle.model
+    inject_lora(model, LoraConfig(r=4, alpha=8, targets=(r"vision_model\..*",)))
+    with torch.no_grad():  # B = 0 would hide the hooks from the comparison
+        for name, param in model.named_parameters():
+            if name.endswith("lora_B"):
+                param.normal_(0, 0.05)
+    model.train()
+    ids = _ids(tiny_bundle)
+    fast_loss, fast_grads = _loss_and_grads(model, pixels, ids)
+    assert use_eager_attention(model) == len(_attention_layers(model))
+    eager_loss, eager_grads = _loss_and_grads(model, pixels, ids)
+    torch.testing.assert_close(fast_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    assert fast_grads.keys() == eager_grads.keys() and any(g.abs().sum() > 0 for g in fast_grads.values())
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_sdpa_kernel_runs_in_fp32_and_eager_under_cpu_bf16_autocast(tiny_bundle, pixels, monkeypatch):
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = tiny_bundle.model
+    with torch.no_grad():
+        model.vision_model(pixel_values=pixels)
+        assert len(calls) == len(_attention_layers(model))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model.vision_model(pixel_values=pixels).last_hidden_state
+        use_eager_attention(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            eager = model.vision_model(pixel_values=pixels).last_hidden_state
+    assert len(calls) == len(_attention_layers(model))  # no SDPA call under CPU bf16 autocast
+    assert torch.equal(fast, eager)
+
+
+def test_attention_maps_still_come_back_when_asked(tiny_bundle, pixels):
+    model = tiny_bundle.model
+    with torch.no_grad():
+        fast = model.vision_model(pixel_values=pixels, output_attentions=True).attentions
+        use_eager_attention(model)
+        eager = model.vision_model(pixel_values=pixels, output_attentions=True).attentions
+    assert fast is not None and len(fast) == len(eager) == len(_attention_layers(model))
+    for a, b in zip(fast, eager):
+        assert torch.equal(a, b)
+
+
+def test_patching_twice_is_idempotent_and_captions_do_not_change(tiny_bundle, pixels):
+    model = tiny_bundle.model
+    with torch.no_grad():
+        fast = model.generate(pixel_values=pixels, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        assert use_fast_attention(model) == len(_attention_layers(model))
+        again = model.generate(pixel_values=pixels, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        use_eager_attention(model)
+        eager = model.generate(pixel_values=pixels, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert torch.equal(fast, again) and torch.equal(fast, eager)
+    assert use_eager_attention(model) == 0
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_eval_mode_never_drops_attention(tiny_bundle, pixels, dropout):
+    model = tiny_bundle.model
+    for layer in _attention_layers(model):
+        layer.dropout.p = dropout
+    with torch.no_grad():
+        first = model.vision_model(pixel_values=pixels).last_hidden_state
+        second = model.vision_model(pixel_values=pixels).last_hidden_state
+    assert torch.equal(first, second)

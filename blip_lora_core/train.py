@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import io
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ from .labels import IGNORE_INDEX, TokenSpec
 from .lora import inject_lora, trainable_parameters
 from .metrics import caption_metrics, references_by_class
 from .models import BlipBundle, load_blip, save_bundle
+from .precision import autocast, device_precision, store_frozen_matmul_weights
 from .schedule import lr_factor
 from .train_config import TrainConfig
 
@@ -113,20 +113,6 @@ def load_samples(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     if not train:
         raise DataError(f"{config.train_file}: no training samples left")
     return train, val
-
-
-def _autocast(config: TrainConfig, device: torch.device):
-    if config.precision == "fp32":
-        return nullcontext()
-    dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _effective_precision(config: TrainConfig, device: torch.device) -> TrainConfig:
-    if config.precision == "fp16" and device.type == "cpu":
-        log.warning("fp16 autocast is for GPUs; training in fp32 on the CPU (use bf16 for mixed precision there)")
-        config.precision = "fp32"
-    return config
 
 
 def _optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -215,7 +201,7 @@ class _StopFlag:
 def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Fine-tune config.model on config.train_file; writes adapter(s), logs and checkpoints to output_dir."""
     ctx = _init_distributed(config)
-    config = _effective_precision(config, ctx.device)
+    config.precision = device_precision(config.precision, ctx.device)
     _seed_everything(config.seed)
     out = Path(config.output_dir)
     train_samples, val_samples = load_samples(config)
@@ -223,7 +209,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     bundle = load_blip(config.model, dtype="fp32", device=str(ctx.device), revision=config.revision or None)
     model = bundle.model
     if config.finetune == "lora":
-        inject_lora(model, config.lora_config())
+        inject_lora(model, config.lora_config(), dtype=torch.float32)
+        store_frozen_matmul_weights(model, config.precision)
     if ctx.main:
         log.info("%s", trainable_parameters(model))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -267,7 +254,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             loss_sum = 0.0
             for index, batch in enumerate(window):
                 syncing = ddp is None or index == len(window) - 1
-                with (nullcontext() if syncing else ddp.no_sync()), _autocast(config, ctx.device):
+                with (nullcontext() if syncing else ddp.no_sync()), autocast(config.precision, ctx.device):
                     summed = token_loss_sum(forward_model, batch, config.label_smoothing)
                 if not torch.isfinite(summed):
                     raise TrainingError(
@@ -361,7 +348,8 @@ def _eval_due(done: int, total: int, steps_per_epoch: int, config: TrainConfig) 
 
 def _validate(bundle, val_samples, config, ctx, out, step, best, pool=None) -> dict:
     if ctx.main:
-        metrics = evaluate(bundle, val_samples, config, pool)
+        with autocast(config.precision, ctx.device):
+            metrics = evaluate(bundle, val_samples, config, pool)
         metrics["step"] = step
         log.info("validation at step %d: exact match %.3f, BLEU-4 %.3f, CIDEr %.3f", step,
                  metrics["exact_match"], metrics["bleu4"], metrics["cider"])

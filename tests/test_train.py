@@ -164,8 +164,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_model
 
 
 def test_fp16_on_cpu_falls_back_and_bf16_trains(tiny_model_dir, synth_data, tmp_path):
-    result = train(_config(tiny_model_dir, synth_data, tmp_path / "bf16", precision="bf16", max_steps=3))
+    # bf16: frozen linears stored in bf16, LoRA in fp32, validation (greedy captions) under autocast too
+    result = train(_config(tiny_model_dir, synth_data, tmp_path / "bf16", precision="bf16", max_steps=3,
+                           val_fraction=0.25, eval_every=3))
     assert all(math.isfinite(r["loss"]) for r in result.history)
+    assert (tmp_path / "bf16" / "eval_log.csv").read_text().count("\n") == 2
+    tensors = _adapter_tensors(result.adapter)
+    assert tensors and all(t.dtype == torch.float32 for t in tensors.values())
+    assert any(t.abs().sum() > 0 for name, t in tensors.items() if "lora_B" in name)
     fp16 = train(_config(tiny_model_dir, synth_data, tmp_path / "fp16", precision="fp16", max_steps=1))
     assert load_config(tmp_path / "fp16" / "config.yaml").precision == "fp32"
     assert fp16.steps == 1

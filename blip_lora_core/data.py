@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,6 +28,7 @@ from .errors import BlipLoraError, ConfigError, DataError
 from .images import check_image_file, load_image
 
 MAX_ERRORS_SHOWN = 5
+Key = tuple[int, int]  # an ImageCaptionDataset key: (epoch, index)
 _TRAILING_INDEX = re.compile(r"[\d\s_.\-]+$")
 
 
@@ -134,11 +136,11 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
 
 
 class ImageCaptionDataset(Dataset):
-    """Torch dataset of samples -> ``dict(pixel_values=(3, H, W) tensor, text, prompt, index)``.
+    """Torch dataset: key -> ``dict(pixel_values=(3, H, W) tensor, text, prompt, index)``.
 
-    ``augment(image, rng)`` (training only) gets a generator derived from (seed, epoch, index), so
-    results do not depend on the number or order of DataLoader workers. Call :meth:`set_epoch`
-    before each epoch (with ``persistent_workers=False`` so workers see the new epoch).
+    A key is ``(epoch, index)``; a plain int ``index`` means epoch 0. ``augment(image, rng)`` (training
+    only) gets :meth:`rng_for` (epoch, index), so an item depends on its key alone: not on the number
+    or order of DataLoader workers, nor on state set in another process (persistent workers).
     """
 
     def __init__(
@@ -154,29 +156,32 @@ class ImageCaptionDataset(Dataset):
         self.image_transform = image_transform
         self.augment = augment
         self.seed = int(seed)
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose augmentation randomness __getitem__ uses."""
-        if int(epoch) < 0:
-            raise ConfigError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
-
-    def rng_for(self, index: int) -> np.random.Generator:
-        """The generator used to augment item ``index`` in the current epoch."""
-        return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, index]))
+    def rng_for(self, epoch: int, index: int) -> np.random.Generator:
+        """The generator used to augment item ``index`` in ``epoch``."""
+        return np.random.default_rng(np.random.SeedSequence([self.seed, epoch, index]))
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | Key) -> dict[str, Any]:
+        epoch, index = _split_key(key)
         index = range(len(self.samples))[index]  # IndexError / negative indices as for lists
         sample = self.samples[index]
         image = load_image(sample.image)
         if self.augment is not None:
-            image = self.augment(image, self.rng_for(index))
+            image = self.augment(image, self.rng_for(epoch, index))
         pixel_values = self.image_transform(image)
         return {"pixel_values": pixel_values, "text": sample.text, "prompt": sample.prompt, "index": index}
+
+
+def _split_key(key: int | Key) -> Key:
+    """(epoch, index) of a dataset key; a plain int is an index in epoch 0. IndexError for epoch < 0."""
+    epoch, index = key if isinstance(key, tuple) else (0, key)
+    epoch = operator.index(epoch)
+    if epoch < 0:
+        raise IndexError(f"epoch must be >= 0, got {epoch}")
+    return epoch, operator.index(index)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from blip_lora_core.data import (
     write_jsonl,
 )
 from blip_lora_core.errors import ConfigError, DataError
+from blip_lora_core.images import load_image
 
 SEED_BLOCKS = Path("/work/shared/data/seed_blocks/annotations.jsonl")
 needs_seed_blocks = pytest.mark.skipif(not SEED_BLOCKS.is_file(), reason="seed_blocks dataset not present")
@@ -258,27 +259,31 @@ def test_dataset_augmentation_is_deterministic_per_seed_epoch_index(dataset_samp
     augment = build_augment(AugmentConfig(random_resized_crop=0.3, colour_jitter=0.4, rotation_degrees=10))
 
     def pixels(seed: int, epoch: int, index: int) -> torch.Tensor:
-        ds = ImageCaptionDataset(dataset_samples, _to_tensor, augment, seed=seed)
-        ds.set_epoch(epoch)
-        return ds[index]["pixel_values"]
+        return ImageCaptionDataset(dataset_samples, _to_tensor, augment, seed=seed)[epoch, index]["pixel_values"]
 
     assert torch.equal(pixels(0, 1, 0), pixels(0, 1, 0))
     assert not torch.equal(pixels(0, 1, 0), pixels(0, 2, 0))
     assert not torch.equal(pixels(0, 1, 0), pixels(1, 1, 0))
-    # Reading items in a different order (as other workers would) changes nothing.
+    # Reading items in a different order, epochs interleaved (as other workers would), changes nothing.
     ds = ImageCaptionDataset(dataset_samples, _to_tensor, augment, seed=0)
-    ds.set_epoch(1)
-    backwards = [ds[i]["pixel_values"] for i in (2, 1, 0)][::-1]
-    assert all(torch.equal(backwards[i], pixels(0, 1, i)) for i in range(3))
+    keys = [(1, 2), (2, 0), (1, 1), (1, 0)]
+    read = {key: ds[key]["pixel_values"] for key in keys}
+    assert all(torch.equal(read[epoch, i], pixels(0, epoch, i)) for epoch, i in keys)
+    # A plain int is epoch 0; the generator is the one rng_for gives.
+    assert torch.equal(ds[1]["pixel_values"], pixels(0, 0, 1))
+    by_hand = _to_tensor(augment(load_image(dataset_samples[1].image), ds.rng_for(0, 1)))
+    assert torch.equal(ds[1]["pixel_values"], by_hand)
 
 
-def test_dataset_without_augment_ignores_epoch(dataset_samples):
+def test_dataset_keys(dataset_samples):
     ds = ImageCaptionDataset(dataset_samples, _to_tensor)
-    first = ds[0]["pixel_values"]
-    ds.set_epoch(5)
-    assert torch.equal(first, ds[0]["pixel_values"])
-    with pytest.raises(ConfigError):
-        ds.set_epoch(-1)
+    assert torch.equal(ds[0]["pixel_values"], ds[5, 0]["pixel_values"])  # no augment: the epoch changes nothing
+    assert ds[3, -1]["index"] == 2 and ds[np.int64(1)]["index"] == 1
+    with pytest.raises(IndexError, match="epoch"):
+        ds[-1, 0]
+    with pytest.raises(IndexError):
+        ds[0, 3]
+    assert not hasattr(ds, "set_epoch")
 
 
 def test_split_of_unique_file_names_holds_out_the_tail(tmp_path):

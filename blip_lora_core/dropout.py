@@ -3,7 +3,8 @@
 ``torch.nn.functional.dropout`` on the CPU draws one Mersenne-Twister number per element (about 3 ns
 each): on BLIP-large, LoRA dropout on the 96 vision linears' inputs draws 4.2M numbers per image and
 takes about a tenth of a training step. Here one 64-bit draw gives four 16-bit uniforms, so the keep
-mask costs a quarter of the draws. The drop probability is ``p`` rounded to a multiple of 1/65536
+mask costs a quarter of the draws, and the 1 / (1 - p) scale is left to the caller (the LoRA hook folds it
+into its matmul), saving a pass over x. The drop probability is ``p`` rounded to a multiple of 1/65536
 (0.05 -> 0.0500031). On other devices (CUDA's Philox generator is fast) it is plain dropout.
 """
 
@@ -19,16 +20,17 @@ def quantised_p(p: float) -> float:
     return min(round(p * _LEVELS), _LEVELS - 1) / _LEVELS
 
 
-def lora_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Training-mode dropout of x (any shape): each element zeroed with probability p, the rest scaled
-    by 1 / (1 - p). Uses (and advances) the default generator of x's device."""
+def lora_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """Training-mode dropout of x (any shape) as (zeroed, factor): each element zeroed with probability p,
+    and factor * zeroed is the dropout output (factor = 1 / (1 - p), or 1.0 where zeroed is already scaled).
+    Uses (and advances) the default generator of x's device."""
     if x.device.type != "cpu":
-        return torch.nn.functional.dropout(x, p, training=True)
+        return torch.nn.functional.dropout(x, p, training=True), 1.0
     threshold = min(round(p * _LEVELS), _LEVELS - 1)
     if threshold == 0:
-        return x
+        return x, 1.0
     keep = _uniform16(x.numel()).view(x.shape) >= threshold - _LEVELS // 2
-    return x.mul(keep).mul_(_LEVELS / (_LEVELS - threshold))
+    return torch.where(keep, x, 0), _LEVELS / (_LEVELS - threshold)
 
 
 def _uniform16(count: int) -> torch.Tensor:

@@ -74,19 +74,26 @@ class _LoraState:
 
 
 def _lora_hook(module: nn.Linear, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-    """output (..., out) += scaling * dropout(x) (..., in) @ A.T (in, r) @ B.T (r, out)."""
+    """output (..., out) += scaling * dropout(x) (..., in) @ A.T (in, r) @ B.T (r, out), in place.
+
+    The base layer's backward does not need its output, so one addmm_ adds the update without copying it.
+    """
     state: _LoraState = module._lora
     if state.merged or not state.enabled:
         return output
-    x = args[0]
+    x, alpha = args[0], state.scaling
     if state.dropout > 0.0 and module.training:
-        x = lora_dropout(x, state.dropout)
+        x, factor = lora_dropout(x, state.dropout)
+        alpha *= factor
     a, b = module.lora_A, module.lora_B
     if a.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):  # fp32 adapter on a bf16 base
-        a, b = a.to(x.dtype), b.to(x.dtype)
-    down = nn.functional.linear(x, a)
-    flat = torch.addmm(output.reshape(-1, output.shape[-1]), down.reshape(-1, down.shape[-1]), b.t(),
-                       alpha=state.scaling)
+        a = a.to(x.dtype)
+    down = nn.functional.linear(x, a).to(output.dtype)
+    b = b.to(output.dtype)
+    if output.is_contiguous():
+        output.view(-1, output.shape[-1]).addmm_(down.view(-1, down.shape[-1]), b.t(), alpha=alpha)
+        return output
+    flat = torch.addmm(output.reshape(-1, output.shape[-1]), down.reshape(-1, down.shape[-1]), b.t(), alpha=alpha)
     return flat.view(output.shape)
 
 

@@ -8,11 +8,16 @@ import torch
 from blip_lora_core.dropout import _uniform16, lora_dropout, quantised_p
 
 
+def _dropout(x, p):
+    zeroed, factor = lora_dropout(x, p)
+    return zeroed * factor
+
+
 def test_drop_fraction_matches_p_within_five_sigma():
     torch.manual_seed(0)
     x = torch.randn(4_000_000).abs() + 0.1  # no zeros, so zeros in the output are drops
     for p in (0.05, 0.1, 0.5):
-        dropped = float((lora_dropout(x, p) == 0).float().mean())
+        dropped = float((_dropout(x, p) == 0).float().mean())
         sigma = math.sqrt(p * (1 - p) / x.numel())
         assert abs(dropped - quantised_p(p)) < 5 * sigma, (p, dropped)
 
@@ -20,9 +25,10 @@ def test_drop_fraction_matches_p_within_five_sigma():
 def test_kept_elements_are_scaled_by_one_over_keep_probability():
     torch.manual_seed(1)
     x = torch.randn(1000, 64)
-    y = lora_dropout(x, 0.05)
-    kept = y != 0
-    torch.testing.assert_close(y[kept], x[kept] / (1 - quantised_p(0.05)), rtol=1e-6, atol=0)
+    zeroed, factor = lora_dropout(x, 0.05)
+    kept = zeroed != 0
+    assert torch.equal(zeroed[kept], x[kept])  # the scale is left to the caller
+    assert factor == pytest.approx(1 / (1 - quantised_p(0.05)), rel=1e-12)
     assert quantised_p(0.05) == 3277 / 65536
 
 
@@ -30,7 +36,7 @@ def test_gradient_is_the_mask_times_the_scale():
     torch.manual_seed(2)
     x = torch.randn(3, 50, 40, requires_grad=True)
     upstream = torch.randn(3, 50, 40)
-    y = lora_dropout(x, 0.2)
+    y = _dropout(x, 0.2)
     y.backward(upstream)
     mask = (y != 0).float()
     torch.testing.assert_close(x.grad, upstream * mask / (1 - quantised_p(0.2)), rtol=1e-6, atol=0)
@@ -39,23 +45,23 @@ def test_gradient_is_the_mask_times_the_scale():
 def test_same_seed_same_mask_and_successive_calls_differ():
     x = torch.ones(10_000)
     torch.manual_seed(3)
-    first, second = lora_dropout(x, 0.3), lora_dropout(x, 0.3)
+    first, second = _dropout(x, 0.3), _dropout(x, 0.3)
     torch.manual_seed(3)
-    assert torch.equal(lora_dropout(x, 0.3), first)
+    assert torch.equal(_dropout(x, 0.3), first)
     assert not torch.equal(first, second)
 
 
 def test_bf16_input_keeps_its_dtype_and_shape():
     x = torch.randn(2, 7, 33, dtype=torch.bfloat16)
-    y = lora_dropout(x, 0.1)
+    y, _ = lora_dropout(x, 0.1)
     assert y.dtype == torch.bfloat16 and y.shape == x.shape
 
 
 def test_probability_below_one_level_is_identity_and_near_one_is_clamped():
     x = torch.randn(100)
-    assert lora_dropout(x, 1e-6) is x
+    assert lora_dropout(x, 1e-6) == (x, 1.0)
     assert quantised_p(0.999999) == 65535 / 65536
-    assert torch.isfinite(lora_dropout(x, 0.999999)).all()
+    assert torch.isfinite(_dropout(x, 0.999999)).all()
 
 
 def test_uniform16_lanes_are_uniform_and_uncorrelated():

@@ -49,6 +49,54 @@ def test_hook_adds_scaled_low_rank_update_to_the_layer_output():
     torch.testing.assert_close(holder(x), expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_hook_with_dropout_matches_the_formula_in_values_and_gradients(contiguous):
+    from blip_lora_core.dropout import lora_dropout
+
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 5)
+    holder = nn.Sequential()
+    holder.add_module("vision_model", nn.Sequential(layer))
+    inject_lora(holder, LoraConfig(r=2, alpha=3.0, dropout=0.25))
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(5, 2))
+    x = torch.randn(4, 3, 6)
+    if not contiguous:  # the same values in a non-contiguous layout: the hook must not write through a view
+        layer.register_forward_hook(lambda m, a, out: out.transpose(0, 1).contiguous().transpose(0, 1),
+                                    prepend=True)
+    holder.train()
+    torch.manual_seed(7)
+    got = holder(x)
+    got.square().sum().backward()
+    got_grads = (layer.lora_A.grad.clone(), layer.lora_B.grad.clone())
+    layer.lora_A.grad = layer.lora_B.grad = None
+    torch.manual_seed(7)
+    zeroed, factor = lora_dropout(x, 0.25)
+    assert factor == 1 / (1 - 0.25) and (zeroed == 0).any()
+    expected = x @ layer.weight.T + layer.bias + 1.5 * factor * (zeroed @ layer.lora_A.T @ layer.lora_B.T)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    expected.square().sum().backward()
+    torch.testing.assert_close(got_grads[0], layer.lora_A.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_grads[1], layer.lora_B.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fp32_adapter_on_a_bf16_layer_runs_without_autocast():
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 4).to(torch.bfloat16)
+    holder = nn.Sequential()
+    holder.add_module("vision_model", nn.Sequential(layer))
+    inject_lora(holder, LoraConfig(r=2, alpha=2.0), dtype=torch.float32)
+    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.float32
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(4, 2))
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    out = holder(x)
+    expected = (x.float() @ layer.weight.float().T + layer.bias.float()
+                + (x.float() @ layer.lora_A.T @ layer.lora_B.T))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0.03, atol=0.03)
+
+
 def test_rslora_scaling_is_alpha_over_sqrt_r():
     assert LoraConfig(r=16, alpha=32).scaling == 2.0
     assert LoraConfig(r=16, alpha=32, rslora=True).scaling == 8.0

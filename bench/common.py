@@ -183,6 +183,16 @@ def synth_dataset(n: int, size: tuple[int, int] = (480, 270), fmt: str = "jpg") 
     return jsonl
 
 
+def large_model_dir() -> Path:
+    """large_bundle() saved like a hub model (about 1.9 GB, once per run), for rows that load a folder."""
+    from blip_lora_core.models import save_bundle
+
+    folder = workdir() / "model-blip-large"
+    if not (folder / "config.json").is_file():
+        save_bundle(large_bundle(), folder)
+    return folder
+
+
 @torch.no_grad()
 def large_random_model(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """BLIP-large's architecture with random weights, in eval mode.
@@ -203,6 +213,7 @@ def large_random_model(seed: int = 0, device: str | torch.device = "cpu", dtype:
     for name, buffer in model.named_buffers():
         if name.endswith("position_ids"):
             buffer.copy_(torch.arange(buffer.shape[-1], device=device).expand_as(buffer))
+    model.tie_weights()  # the output layer shares the word embeddings, as in the real checkpoint
     return model.to(dtype).eval()
 
 

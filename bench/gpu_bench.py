@@ -3,8 +3,9 @@
 Rows, each against peft and against the plain transformers path:
 - caption latency at batch 1 and 8, 20 tokens: ours = adapter merged + a static-KV-cache greedy decoder
   captured as one CUDA graph (falls back to the eager static decoder, then to Captioner, and says so);
-- LoRA training samples/s at batch 8 (bf16 autocast): our hooks + fused AdamW vs peft (same loop) vs the
-  plain loop (peft, model(..., labels=...).loss, default AdamW);
+- LoRA training samples/s at batch 8 (bf16 autocast): our hooks, frozen linears stored in bf16, SDPA vision
+  attention and fused AdamW (as train() runs) vs peft (same loop) vs the plain loop (peft,
+  model(..., labels=...).loss, default AdamW), both on fp32 weights with transformers' attention;
 - peak GPU memory of those training steps and of captioning.
 
     PYTHONPATH=. python -m bench.gpu_bench                       # on a GPU: BLIP-large
@@ -272,9 +273,14 @@ def _train_step(model, batch, optimizer, autocast, plain: bool):
 def train_rows(bundle, args, notes: list[str]) -> list[Row]:
     from . import rows_lora
 
+    from blip_lora_core.attention import use_eager_attention
+    from blip_lora_core.precision import store_frozen_matmul_weights
+
     device = torch.device(args.device)
     model = bundle.model.float()
     pair = rows_lora.lora_pair(model)
+    use_eager_attention(pair.theirs)  # what from_pretrained gives a user: transformers' own attention
+    store_frozen_matmul_weights(pair.ours, "bf16")  # as train() does for precision bf16
     pair.ours.train()
     pair.theirs.train()
     batch = {k: v.to(device) for k, v in caption_batch(model, args.train_batch, rows_lora.TOKENS).items()}
@@ -296,7 +302,8 @@ def train_rows(bundle, args, notes: list[str]) -> list[Row]:
     for other, what in (("peft", "peft LoRA, same loop"), ("plain", "peft + model(labels=).loss + default AdamW")):
         rows.append(Row(f"train_b{args.train_batch}_vs_{other}", f"LoRA training samples/s, batch {args.train_batch}",
                         rate["ours"], rate[other], "samples/s", ">= 1.00", args.repeats,
-                        f"{what}; bf16 autocast, fp32 weights; {pair.layers} layers r=16"))
+                        f"{what}; bf16 autocast; ours: frozen linears stored in bf16, SDPA vision attention, fused "
+                        f"AdamW; theirs: fp32 weights, eager attention; {pair.layers} layers r=16"))
         if device.type == "cuda":
             rows.append(Row(f"train_memory_vs_{other}", "peak GPU memory of a LoRA training step", memory["ours"],
                             memory[other], "MiB", "<= 1.00", 1, what))

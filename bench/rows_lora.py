@@ -1,7 +1,8 @@
 """LoRA training step (forward + backward + AdamW step): our forward hooks vs peft's LoRA wrapper.
 
 Both sides adapt the same layers of one model whose base weights they share (no copy), start from the
-same A and B, use the same rank, alpha, dropout, batch, loss and optimizer; only the LoRA mechanism differs.
+same A and B, use the same rank, alpha, dropout, batch, loss, optimizer and attention code (SDPA, as
+`load_blip` sets it up); only the LoRA mechanism differs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from blip_lora_core.attention import use_fast_attention
 from blip_lora_core.lora import LoraConfig, find_targets, inject_lora, lora_layers
 from blip_lora_core.models import build_on_meta
 
@@ -35,6 +37,8 @@ def lora_pair(model: nn.Module, config: LoraConfig = LORA, seed: int = 0) -> Lor
     import peft
 
     twin = shared_copy(model, lambda: build_on_meta(model.config))
+    use_fast_attention(model)
+    use_fast_attention(twin)
     names = find_targets(model, config.targets)
     torch.manual_seed(seed)
     inject_lora(model, config, layer_names=names)

@@ -1,10 +1,11 @@
 """Whole training throughput in images/s: `blip-lora train` (our train()) vs what a user would write
-instead: peft plus a plain PyTorch loop (BlipProcessor in a DataLoader, model(..., labels=...).loss, AdamW).
+instead: peft plus a plain PyTorch loop (BlipProcessor in a DataLoader, model(..., labels=...).loss, AdamW,
+torch.autocast for bf16).
 
 Same synthetic dataset on disk (480x270 JPEGs like seed_blocks), same model folder, LoRA layers, rank,
-alpha, dropout, batch size, accumulation, learning rate, weight decay, clipping, precision (fp32) and number
-of optimizer steps. Throughput is the steady state: images after the first WARM_STEPS optimizer steps
-divided by the time they took (model loading and saving excluded on both sides).
+alpha, dropout, batch size, accumulation, learning rate, weight decay, clipping, precision and number of
+optimizer steps. Throughput is the steady state: images after the first `warm` optimizer steps divided by
+the time they took (model loading and saving excluded on both sides).
 """
 
 from __future__ import annotations
@@ -13,29 +14,48 @@ import logging
 import math
 import random
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .common import MEDIUM, TINY, Row, median, small_model_dir, synth_dataset, workdir
+from .common import MEDIUM, TINY, Row, large_model_dir, median, small_model_dir, synth_dataset, workdir
 
-WARM_STEPS = 2
-HYPER = dict(batch_size=2, grad_accum=4, lr=1e-4, weight_decay=0.01, grad_clip=1.0, r=16, alpha=32.0,
-             dropout=0.05, warmup_steps=5, precision="fp32")
+HYPER = dict(lr=1e-4, weight_decay=0.01, grad_clip=1.0, r=16, alpha=32.0, dropout=0.05, warmup_steps=5)
 
 
-def ours_images_per_s(model_dir: Path, data: Path, steps: int, workers: int, seed: int) -> float:
+@dataclass(frozen=True)
+class Setup:
+    """One comparison's run shape: precision, batch, accumulation, steps per run, loader workers per side."""
+
+    precision: str = "fp32"
+    batch_size: int = 2
+    grad_accum: int = 4
+    steps: int = 6
+    warm: int = 2
+    ours_workers: int = 2
+    plain_workers: int = 0
+
+    @property
+    def images_per_step(self) -> int:
+        return self.batch_size * self.grad_accum
+
+
+def ours_images_per_s(model_dir: Path, data: Path, setup: Setup, seed: int) -> float:
     """Our train() on the dataset; steady-state images/s from its per-step log."""
     from blip_lora_core.train import train
     from blip_lora_core.train_config import load_config
 
     out = workdir() / f"train-ours-{seed}-{time.monotonic_ns()}"
-    config = load_config(None, dict(model=str(model_dir), train_file=str(data), output_dir=str(out), max_steps=steps,
-                                    num_workers=workers, progress=False, seed=seed, **HYPER))
+    config = load_config(None, dict(model=str(model_dir), train_file=str(data), output_dir=str(out),
+                                    max_steps=setup.steps, num_workers=setup.ours_workers, progress=False, seed=seed,
+                                    precision=setup.precision, batch_size=setup.batch_size,
+                                    grad_accum=setup.grad_accum, **HYPER))
     logging.getLogger("blip_lora_core").setLevel(logging.WARNING)
     history = train(config).history
-    first, last = history[WARM_STEPS - 1], history[-1]
-    images = (last["step"] - first["step"]) * HYPER["batch_size"] * HYPER["grad_accum"]
+    first, last = history[setup.warm - 1], history[-1]
+    images = (last["step"] - first["step"]) * setup.images_per_step
     return images / (last["elapsed_s"] - first["elapsed_s"])
 
 
@@ -73,12 +93,12 @@ class _PlainCollate:
         return batch
 
 
-def plain_images_per_s(model_dir: Path, data: Path, steps: int, workers: int, seed: int) -> float:
+def plain_images_per_s(model_dir: Path, data: Path, setup: Setup, seed: int) -> float:
     """peft + a plain loop over the same data and hyperparameters; steady-state images/s."""
     import peft
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    from blip_lora_core.lora import find_targets, DEFAULT_TARGETS
+    from blip_lora_core.lora import DEFAULT_TARGETS, find_targets
 
     random.seed(seed)
     torch.manual_seed(seed)
@@ -87,17 +107,20 @@ def plain_images_per_s(model_dir: Path, data: Path, steps: int, workers: int, se
     targets = find_targets(model, DEFAULT_TARGETS)
     model = peft.get_peft_model(model, peft.LoraConfig(r=HYPER["r"], lora_alpha=HYPER["alpha"],
                                                        lora_dropout=HYPER["dropout"], target_modules=targets))
-    loader = torch.utils.data.DataLoader(_PlainDataset(data), batch_size=HYPER["batch_size"], shuffle=True,
-                                         num_workers=workers, collate_fn=_PlainCollate(processor))
+    loader = torch.utils.data.DataLoader(_PlainDataset(data), batch_size=setup.batch_size, shuffle=True,
+                                         num_workers=setup.plain_workers, collate_fn=_PlainCollate(processor))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=HYPER["lr"], weight_decay=HYPER["weight_decay"])
+    steps = setup.steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / HYPER["warmup_steps"]) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if setup.precision == "bf16" else nullcontext()
     model.train()
-    stamps, micro, accum = [], 0, HYPER["grad_accum"]
+    stamps, micro, accum = [], 0, setup.grad_accum
     while len(stamps) < steps:
         for batch in loader:
-            loss = model(**batch).loss
+            with autocast:
+                loss = model(**batch).loss
             (loss / accum).backward()
             micro += 1
             if micro % accum == 0:
@@ -108,46 +131,55 @@ def plain_images_per_s(model_dir: Path, data: Path, steps: int, workers: int, se
                 stamps.append(time.perf_counter())
                 if len(stamps) == steps:
                     break
-    images = (steps - WARM_STEPS) * HYPER["batch_size"] * accum
-    return images / (stamps[-1] - stamps[WARM_STEPS - 1])
+    images = (steps - setup.warm) * setup.images_per_step
+    return images / (stamps[-1] - stamps[setup.warm - 1])
 
 
-def compare(model_dir: Path, data: Path, steps: int, runs: int, ours_workers: int, plain_workers: int) -> dict:
+def compare(model_dir: Path, data: Path, setup: Setup, runs: int) -> dict:
     """Whole runs, alternating ours / plain (order flipped every other round); images/s of each."""
     results: dict[str, list[float]] = {"ours": [], "plain": []}
     for run in range(runs):
-        order = ["ours", "plain"] if run % 2 == 0 else ["plain", "ours"]
-        for side in order:
-            if side == "ours":
-                results[side].append(ours_images_per_s(model_dir, data, steps, ours_workers, seed=run))
-            else:
-                results[side].append(plain_images_per_s(model_dir, data, steps, plain_workers, seed=run))
+        for side in (["ours", "plain"] if run % 2 == 0 else ["plain", "ours"]):
+            measure = ours_images_per_s if side == "ours" else plain_images_per_s
+            results[side].append(measure(model_dir, data, setup, seed=run))
     return results
 
 
-def _rows(name: str, label: str, size, steps: int, runs: int, variants: list[tuple[str, int, int, str]]) -> list[Row]:
-    model_dir = small_model_dir(size)
+def _row(name: str, label: str, model_dir: Path, setup: Setup, runs: int, note: str) -> Row:
     data = synth_dataset(64, fmt="jpg")
-    rows = []
-    for suffix, ours_workers, plain_workers, note in variants:
-        result = compare(model_dir, data, steps, runs, ours_workers, plain_workers)
-        rows.append(Row(name + suffix, f"training throughput, {label}", median(result["ours"]),
-                        median(result["plain"]), "img/s", ">= 1.2", runs,
-                        f"peft + plain loop; batch 2 x accum 4, fp32, {steps} steps/run; {note}",
-                        extra={"ours": result["ours"], "plain": result["plain"]}))
-    return rows
+    result = compare(model_dir, data, setup, runs)
+    return Row(name, f"training throughput, {label}", median(result["ours"]), median(result["plain"]), "img/s",
+               ">= 1.2", runs, f"peft + plain loop; batch {setup.batch_size} x accum {setup.grad_accum}, "
+               f"{setup.precision}, {setup.steps} steps/run ({setup.warm} warm-up); {note}",
+               extra={"ours": result["ours"], "plain": result["plain"]})
+
+
+DEFAULT_WORKERS = "ours 2 loader workers (default), plain loop DataLoader defaults (0 workers)"
 
 
 def row_tiny(quick: bool) -> list[Row]:
-    variants = [("", 2, 0, "ours 2 loader workers (default), plain loop DataLoader defaults (0 workers)"),
-                ("_same_workers", 2, 2, "both 2 loader workers")]
-    return _rows("train_tiny", "tiny BLIP", TINY, 8 if quick else 14, 1 if quick else 3, variants[:1] if quick else variants)
+    model_dir, runs = small_model_dir(TINY), 1 if quick else 3
+    rows = [_row("train_tiny", "tiny BLIP", model_dir, Setup(steps=8 if quick else 14), runs, DEFAULT_WORKERS)]
+    if not quick:
+        rows.append(_row("train_tiny_same_workers", "tiny BLIP", model_dir,
+                         Setup(steps=14, plain_workers=2), runs, "both 2 loader workers"))
+    return rows
 
 
 def row_medium(quick: bool) -> list[Row]:
-    variants = [("", 2, 0, "ours 2 loader workers (default), plain loop DataLoader defaults (0 workers)")]
-    return _rows("train_medium", "medium BLIP (ViT-S vision, 224 px)", MEDIUM, 4 if quick else 6, 1 if quick else 3,
-                 variants)
+    model_dir, runs, steps = small_model_dir(MEDIUM), 1 if quick else 3, 4 if quick else 6
+    label = "medium BLIP (ViT-S vision, 224 px)"
+    return [_row("train_medium", label, model_dir, Setup(steps=steps), runs, DEFAULT_WORKERS),
+            _row("train_medium_bf16", label, model_dir, Setup(precision="bf16", steps=steps), runs, DEFAULT_WORKERS)]
 
 
-ROWS = {"train_tiny": row_tiny, "train_medium": row_medium}
+def row_large(quick: bool) -> list[Row]:
+    if quick:  # the quick run keeps to small models
+        return []
+    model_dir, label = large_model_dir(), "BLIP-large (random weights)"
+    shape = dict(batch_size=1, grad_accum=2, steps=3, warm=1)
+    return [_row("train_large_bf16", label, model_dir, Setup(precision="bf16", **shape), 2, DEFAULT_WORKERS),
+            _row("train_large", label, model_dir, Setup(**shape), 1, DEFAULT_WORKERS)]
+
+
+ROWS = {"train_tiny": row_tiny, "train_medium": row_medium, "train_large": row_large}

@@ -177,7 +177,7 @@ def row_large(quick: bool) -> list[Row]:
     if quick:  # the quick run keeps to small models
         return []
     model_dir, label = large_model_dir(), "BLIP-large (random weights)"
-    shape = dict(batch_size=1, grad_accum=2, steps=3, warm=1)
+    shape = dict(batch_size=2, grad_accum=1, steps=3, warm=1)  # config/train.yaml's batch size
     return [_row("train_large_bf16", label, model_dir, Setup(precision="bf16", **shape), 2, DEFAULT_WORKERS),
             _row("train_large", label, model_dir, Setup(**shape), 1, DEFAULT_WORKERS)]
 

@@ -265,3 +265,31 @@ def test_rank_larger_than_a_layer_is_refused_before_allocating(tiny_bundle):
     with pytest.raises(AdapterError, match=r"r=100000000000 exceeds layer vision_model\.encoder\.layers\.0\.self_attn\.qkv"):
         inject_lora(tiny_bundle.model, LoraConfig(r=100_000_000_000))
     assert not lora_layers(tiny_bundle.model)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny_model_dir, pixels, dropout):
+    """Recomputed forwards (with the in-place hook and the CPU dropout mask) must reproduce the gradients."""
+    from blip_lora_core.models import load_blip
+
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        model = load_blip(str(tiny_model_dir), device="cpu").model
+        torch.manual_seed(0)
+        inject_lora(model, LoraConfig(r=4, alpha=8, dropout=dropout, targets=(r"vision_model\..*", r".*query")))
+        _randomise_b(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        count = []
+        model.vision_model.encoder.layers[0].self_attn.qkv.register_forward_hook(lambda *_: count.append(1))
+        ids = torch.tensor([[model.config.text_config.bos_token_id, 5, 6, 7]]).repeat(len(pixels), 1)
+        torch.manual_seed(1)
+        model(pixel_values=pixels, input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        calls.append(len(count))
+    assert calls == [1, 2]  # the checkpointed layer really ran its forward again during backward
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    assert all(g.abs().sum() > 0 for name, g in grads[0].items() if "vision_model" in name)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)

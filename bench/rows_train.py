@@ -179,7 +179,7 @@ def row_large(quick: bool) -> list[Row]:
     model_dir, label = large_model_dir(), "BLIP-large (random weights)"
     shape = dict(batch_size=2, grad_accum=1, steps=3, warm=1)  # config/train.yaml's batch size
     return [_row("train_large_bf16", label, model_dir, Setup(precision="bf16", **shape), 2, DEFAULT_WORKERS),
-            _row("train_large", label, model_dir, Setup(**shape), 1, DEFAULT_WORKERS)]
+            _row("train_large", label, model_dir, Setup(**shape), 2, DEFAULT_WORKERS)]
 
 
 ROWS = {"train_tiny": row_tiny, "train_medium": row_medium, "train_large": row_large}

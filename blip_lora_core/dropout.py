@@ -17,7 +17,12 @@ _LEVELS = 1 << 16
 
 def quantised_p(p: float) -> float:
     """The drop probability actually used on the CPU: p rounded to a multiple of 1/65536."""
-    return min(round(p * _LEVELS), _LEVELS - 1) / _LEVELS
+    return _threshold(p) / _LEVELS
+
+
+def _threshold(p: float) -> int:
+    """How many of the 65536 16-bit values drop an element: p * 65536 rounded, at most 65535."""
+    return min(round(p * _LEVELS), _LEVELS - 1)
 
 
 def lora_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
@@ -26,7 +31,7 @@ def lora_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
     Uses (and advances) the default generator of x's device."""
     if x.device.type != "cpu":
         return torch.nn.functional.dropout(x, p, training=True), 1.0
-    threshold = min(round(p * _LEVELS), _LEVELS - 1)
+    threshold = _threshold(p)
     if threshold == 0:
         return x, 1.0
     keep = _uniform16(x.numel()).view(x.shape) >= threshold - _LEVELS // 2

@@ -4,6 +4,7 @@ stored in the low-precision dtype so that autocast does not re-cast them at ever
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -39,10 +40,7 @@ def store_frozen_matmul_weights(model: nn.Module, precision: str) -> int:
     if precision not in LOW_PRECISION:
         return 0
     dtype = LOW_PRECISION[precision]
-    owners: dict[int, int] = {}
-    for module in model.modules():
-        for param in module.parameters(recurse=False):
-            owners[id(param)] = owners.get(id(param), 0) + 1
+    owners = Counter(id(param) for _, param in model.named_parameters(remove_duplicate=False))
     cast = 0
     for module in model.modules():
         if not isinstance(module, nn.Linear):

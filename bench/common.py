@@ -21,7 +21,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from blip_lora_core.models import TinySize, blip_large_config, build_on_meta, build_tiny_blip  # noqa: E402
+from blip_lora_core.models.loading import TinySize, blip_large_config, build_on_meta, build_tiny_blip  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_BLOCKS = REPO.parent / "shared" / "data" / "seed_blocks"
@@ -159,7 +159,7 @@ def workdir() -> Path:
 
 
 def synth_captions() -> list[str]:
-    from blip_lora_core.synth import DEFAULT_COLOURS, all_scenes, caption_for
+    from blip_lora_training.synth import DEFAULT_COLOURS, all_scenes, caption_for
 
     return sorted({caption_for(s) for s in all_scenes(DEFAULT_COLOURS, 3)}) + ["a picture of"]
 
@@ -174,7 +174,7 @@ def small_model_dir(size: TinySize = TINY) -> Path:
 
 def synth_dataset(n: int, size: tuple[int, int] = (480, 270), fmt: str = "jpg") -> Path:
     """A synthetic dataset of n images (seed_blocks' size and format by default); returns its annotations.jsonl."""
-    from blip_lora_core.synth import write_dataset
+    from blip_lora_training.synth import write_dataset
 
     folder = workdir() / f"synth-{n}-{size[0]}x{size[1]}-{fmt}"
     jsonl = folder / "annotations.jsonl"
@@ -185,7 +185,7 @@ def synth_dataset(n: int, size: tuple[int, int] = (480, 270), fmt: str = "jpg") 
 
 def large_model_dir() -> Path:
     """large_bundle() saved like a hub model (about 1.9 GB, once per run), for rows that load a folder."""
-    from blip_lora_core.models import save_bundle
+    from blip_lora_core.models.loading import save_bundle
 
     folder = workdir() / "model-blip-large"
     if not (folder / "config.json").is_file():
@@ -234,7 +234,7 @@ def shared_copy(model: torch.nn.Module, builder: Callable[[], torch.nn.Module]) 
 
 def caption_batch(model, batch: int, tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """A random training micro-batch for model: pixel_values (B, 3, S, S), input_ids/attention_mask/labels (B, T)."""
-    from blip_lora_core.labels import IGNORE_INDEX
+    from blip_lora_core.models.labels import IGNORE_INDEX
 
     generator = torch.Generator().manual_seed(seed)
     vision, text = model.config.vision_config, model.config.text_config
@@ -255,7 +255,7 @@ def bert_like_tokenizer(vocab_size: int, bos_id: int, folder: Path):
     import transformers
     from transformers import BertTokenizerFast
 
-    from blip_lora_core.models import BOS_TOKEN, ENC_TOKEN
+    from blip_lora_core.models.loading import BOS_TOKEN, ENC_TOKEN
 
     tokens = [f"[unused{i}]" for i in range(vocab_size)]
     fixed = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", bos_id: BOS_TOKEN,
@@ -272,8 +272,8 @@ def bert_like_tokenizer(vocab_size: int, bos_id: int, folder: Path):
 
 def large_bundle(seed: int = 0):
     """A BlipBundle of BLIP-large's architecture with random weights, a BERT-layout tokenizer, 384 px input."""
-    from blip_lora_core.models import BlipBundle
-    from blip_lora_core.preprocess import ImagePreprocessor
+    from blip_lora_core.models.loading import BlipBundle
+    from blip_lora_core.models.preprocess import ImagePreprocessor
 
     model = large_random_model(seed)
     text = model.config.text_config
@@ -282,15 +282,15 @@ def large_bundle(seed: int = 0):
 
 
 def small_bundle(size: TinySize):
-    from blip_lora_core.models import load_blip
+    from blip_lora_core.models.loading import load_blip
 
     return load_blip(str(small_model_dir(size)), device="cpu", dtype="fp32")
 
 
 def random_adapter(model: torch.nn.Module, path: Path, r: int = 16, seed: int = 0) -> Path:
     """Save an adapter with non-zero A and B for model (which is left without LoRA); returns the file."""
-    from blip_lora_core.adapter_io import save_adapter
-    from blip_lora_core.lora import LoraConfig, inject_lora, lora_layers, remove_lora
+    from blip_lora_core.lora.adapter_io import save_adapter
+    from blip_lora_core.lora.hooks import LoraConfig, inject_lora, lora_layers, remove_lora
 
     config = LoraConfig(r=r, alpha=2.0 * r)
     torch.manual_seed(seed)
@@ -306,7 +306,7 @@ def random_adapter(model: torch.nn.Module, path: Path, r: int = 16, seed: int = 
 
 def seed_block_images(n: int) -> list:
     """n decoded RGB images from seed_blocks (or from a synthetic set of the same size when it is absent)."""
-    from blip_lora_core.images import load_image
+    from blip_lora_core.models.images import load_image
 
     folder = SEED_BLOCKS / "image_train"
     paths = sorted(folder.glob("*.jpg"))[:: max(1, 1120 // n)][:n] if folder.is_dir() else []

@@ -176,8 +176,8 @@ def _caption_cases(bundle, adapter, args, batch: int, notes: list[str]) -> tuple
     """Three callables captioning the same pixels: ours (fast path), peft, plain; and how many matched."""
     import peft
 
-    from blip_lora_core.captioning import Captioner
-    from blip_lora_core.peft_interop import export_peft
+    from blip_lora_core.models.captioning import Captioner
+    from blip_lora_core.lora.peft_interop import export_peft
 
     from .common import workdir
 
@@ -248,7 +248,7 @@ def caption_rows(bundle, adapter, args, notes: list[str]) -> list[Row]:
 
 
 def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """blip_lora_core.train.token_loss_sum without importing train (whose metrics need pycocoevalcap)."""
+    """blip_lora_core.train.loop.token_loss_sum without importing train (whose metrics need pycocoevalcap)."""
     logits = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
                    attention_mask=batch["attention_mask"]).logits
     logits, labels = logits[:, :-1], batch["labels"][:, 1:]
@@ -273,8 +273,8 @@ def _train_step(model, batch, optimizer, autocast, plain: bool):
 def train_rows(bundle, args, notes: list[str]) -> list[Row]:
     from . import rows_lora
 
-    from blip_lora_core.attention import use_eager_attention
-    from blip_lora_core.precision import store_frozen_matmul_weights
+    from blip_lora_core.models.attention import use_eager_attention
+    from blip_lora_core.train.precision import store_frozen_matmul_weights
 
     device = torch.device(args.device)
     model = bundle.model.float()

@@ -10,7 +10,7 @@ time (goal: p95 <= 1.5x), and dropped frames.
 Memory: --memory-frames frames through the same pipeline on a simulated clock (no sleeping; the worker is
 stepped whenever it would be free, inference advances the clock by its measured or fake duration); RSS is
 sampled every 1000 frames (goal: flat).
-Messages are the real ROS 2 type (rosbags' sensor_msgs/msg/Image), decoded by blip_lora_core.image_msgs.
+Messages are the real ROS 2 type (rosbags' sensor_msgs/msg/Image), decoded by blip_lora_core.runtime.image_msgs.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from rosbags.typesys import Stores, get_typestore
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from blip_lora_core.pipeline import CaptionPipeline  # noqa: E402
+from blip_lora_core.runtime.pipeline import CaptionPipeline  # noqa: E402
 
 TYPES = get_typestore(Stores.ROS2_HUMBLE).types
 WIDTH, HEIGHT = 640, 480
@@ -78,8 +78,8 @@ def fake_model(seconds: float, sleep: bool) -> Model:
 
 def blip_model(spec: str, device: str) -> Model:
     """'tiny' builds the tiny BLIP in a temporary folder; anything else is a hub id or a model folder."""
-    from blip_lora_core.captioning import Captioner
-    from blip_lora_core.models import build_tiny_blip
+    from blip_lora_core.models.captioning import Captioner
+    from blip_lora_core.models.loading import build_tiny_blip
 
     path = spec
     if spec == "tiny":

@@ -11,8 +11,8 @@ import copy
 
 import torch
 
-from blip_lora_core.captioning import Captioner
-from blip_lora_core.peft_interop import export_peft
+from blip_lora_core.models.captioning import Captioner
+from blip_lora_core.lora.peft_interop import export_peft
 
 from .common import MEDIUM, Row, interleave, median, random_adapter, seed_block_images, small_bundle, workdir
 

@@ -7,9 +7,9 @@ import copy
 
 import torch
 
-from blip_lora_core.adapter_io import load_adapter
-from blip_lora_core.lora import merge_lora
-from blip_lora_core.models import build_on_meta
+from blip_lora_core.lora.adapter_io import load_adapter
+from blip_lora_core.lora.hooks import merge_lora
+from blip_lora_core.models.loading import build_on_meta
 
 from .common import MEDIUM, Row, interleave, large_random_model, median, random_adapter, shared_copy, workdir
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from blip_lora_core.attention import use_fast_attention
-from blip_lora_core.lora import LoraConfig, find_targets, inject_lora, lora_layers
-from blip_lora_core.models import build_on_meta
+from blip_lora_core.models.attention import use_fast_attention
+from blip_lora_core.lora.hooks import LoraConfig, find_targets, inject_lora, lora_layers
+from blip_lora_core.models.loading import build_on_meta
 
 from .common import Row, caption_batch, interleave, large_random_model, median, shared_copy
 
@@ -55,7 +55,7 @@ def lora_pair(model: nn.Module, config: LoraConfig = LORA, seed: int = 0) -> Lor
 
 def training_step(model: nn.Module, batch: dict[str, torch.Tensor], lr: float = 1e-4) -> Callable[[], float]:
     """A closure running one step (the summed token loss, backward, AdamW, zero_grad); returns the loss."""
-    from blip_lora_core.train import token_loss_sum
+    from blip_lora_core.train.loop import token_loss_sum
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
@@ -95,7 +95,7 @@ def _row(name: str, what: str, result: dict, pair: LoraPair, batch_size: int) ->
 
 def row_tiny(quick: bool) -> list[Row]:
     from .common import TINY, small_model_dir
-    from blip_lora_core.models import load_blip
+    from blip_lora_core.models.loading import load_blip
 
     model = load_blip(str(small_model_dir(TINY)), device="cpu", dtype="fp32").model
     pair = lora_pair(model)
@@ -115,7 +115,7 @@ def large_step_seconds(quick: bool) -> float | None:
 def row_large(quick: bool) -> list[Row]:
     if quick:  # the quick run keeps to small models: the medium one stands in for BLIP-large
         from .common import MEDIUM, small_model_dir
-        from blip_lora_core.models import load_blip
+        from blip_lora_core.models.loading import load_blip
 
         model, label, repeats = load_blip(str(small_model_dir(MEDIUM)), device="cpu").model, "medium BLIP", 5
     else:

@@ -29,8 +29,8 @@ def _rss_mib(field: str) -> float:
 
 def child(mode: str, size: str) -> dict:
     """Build the model, set it up for mode, run one step; peak RSS and whether LoRA got gradients."""
-    from blip_lora_core.lora import LoraConfig, inject_lora, lora_layers
-    from blip_lora_core.train import token_loss_sum
+    from blip_lora_core.lora.hooks import LoraConfig, inject_lora, lora_layers
+    from blip_lora_core.train.loop import token_loss_sum
 
     from . import rows_lora
     from .common import MEDIUM, TINY, large_random_model, small_bundle
@@ -42,7 +42,7 @@ def child(mode: str, size: str) -> dict:
     elif mode == "peft":
         import peft
 
-        from blip_lora_core.lora import find_targets
+        from blip_lora_core.lora.hooks import find_targets
 
         config = peft.LoraConfig(r=16, lora_alpha=32.0, lora_dropout=0.05,
                                  target_modules=find_targets(model, rows_lora.LORA.targets))

@@ -44,8 +44,8 @@ class Setup:
 
 def ours_images_per_s(model_dir: Path, data: Path, setup: Setup, seed: int) -> float:
     """Our train() on the dataset; steady-state images/s from its per-step log."""
-    from blip_lora_core.train import train
-    from blip_lora_core.train_config import load_config
+    from blip_lora_core.train.loop import train
+    from blip_lora_core.train.config import load_config
 
     out = workdir() / f"train-ours-{seed}-{time.monotonic_ns()}"
     config = load_config(None, dict(model=str(model_dir), train_file=str(data), output_dir=str(out),
@@ -98,7 +98,7 @@ def plain_images_per_s(model_dir: Path, data: Path, setup: Setup, seed: int) -> 
     import peft
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    from blip_lora_core.lora import DEFAULT_TARGETS, find_targets
+    from blip_lora_core.lora.hooks import DEFAULT_TARGETS, find_targets
 
     random.seed(seed)
     torch.manual_seed(seed)

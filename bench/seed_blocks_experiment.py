@@ -19,14 +19,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from blip_lora_core.adapter_io import load_adapter
-from blip_lora_core.data import Sample, read_jsonl, sample_to_row, write_jsonl
+from blip_lora_core.lora.adapter_io import load_adapter
+from blip_lora_core.train.data import Sample, read_jsonl, sample_to_row, write_jsonl
 from blip_lora_core.errors import ConfigError
-from blip_lora_core.lora import DEFAULT_TARGETS
-from blip_lora_core.metrics import caption_metrics, references_by_class
-from blip_lora_core.models import load_blip
-from blip_lora_core.train import evaluate, predict, train
-from blip_lora_core.train_config import TrainConfig
+from blip_lora_core.lora.hooks import DEFAULT_TARGETS
+from blip_lora_core.train.metrics import caption_metrics, references_by_class
+from blip_lora_core.models.loading import load_blip
+from blip_lora_core.train.loop import evaluate, predict, train
+from blip_lora_core.train.config import TrainConfig
 from blip_lora_training import demo
 
 SEED_BLOCKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_blocks"

@@ -3,9 +3,9 @@
     from blip_lora_core import LoraConfig, inject_lora, save_adapter, load_adapter, merge_lora
 """
 
-from .adapter_io import AdapterInfo, adapter_filename, load_adapter, read_adapter, save_adapter
+from .lora.adapter_io import AdapterInfo, adapter_filename, load_adapter, read_adapter, save_adapter
 from .errors import AdapterError, BagError, BlipLoraError, ConfigError, DataError, ImageDecodeError, TrainingError
-from .lora import (
+from .lora.hooks import (
     LoraConfig,
     inject_lora,
     is_merged,
@@ -16,7 +16,7 @@ from .lora import (
     trainable_parameters,
     unmerge_lora,
 )
-from .peft_interop import export_peft, import_peft
+from .lora.peft_interop import export_peft, import_peft
 
 __all__ = [
     "AdapterError", "AdapterInfo", "BagError", "BlipLoraError", "ConfigError", "DataError", "ImageDecodeError",

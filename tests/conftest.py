@@ -24,7 +24,7 @@ CAPTIONS = [
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A randomly initialised tiny BLIP saved with save_pretrained (built once per test process)."""
-    from blip_lora_core.models import build_tiny_blip
+    from blip_lora_core.models.loading import build_tiny_blip
 
     return build_tiny_blip(tmp_path_factory.mktemp("tiny_blip"), CAPTIONS, seed=0)
 
@@ -32,7 +32,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture()
 def tiny_bundle(tiny_model_dir):
     """A fresh copy of the tiny model, tokenizer and preprocessing, loaded from its folder on the CPU."""
-    from blip_lora_core.models import load_blip
+    from blip_lora_core.models.loading import load_blip
 
     return load_blip(str(tiny_model_dir), device="cpu")
 

@@ -60,7 +60,7 @@ class WarmCli:
 
 def _serve() -> None:
     """The launcher's server loop: one JSON request per stdin line, one JSON reply per stdout line."""
-    import blip_lora_core.train  # noqa: F401 - the slow imports, done once before forking
+    import blip_lora_core.train.loop  # noqa: F401 - the slow imports, done once before forking
     from blip_lora_training.cli import main
 
     for line in sys.stdin:

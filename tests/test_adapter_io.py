@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from blip_lora_core import AdapterError, LoraConfig, inject_lora, load_adapter, merge_lora, read_adapter, save_adapter
-from blip_lora_core.adapter_io import adapter_filename
-from blip_lora_core.lora import lora_layers, lora_state_dict, remove_lora
-from blip_lora_core.models import load_blip
+from blip_lora_core.lora.adapter_io import adapter_filename
+from blip_lora_core.lora.hooks import lora_layers, lora_state_dict, remove_lora
+from blip_lora_core.models.loading import load_blip
 
 CONFIG = LoraConfig(r=4, alpha=8, dropout=0.05)
 
@@ -84,7 +84,7 @@ def test_no_temporary_files_are_left(tiny_bundle, tmp_path):
 
 def test_wrong_base_model_names_layer_and_shapes(tiny_bundle, tmp_path):
     path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG, base_model="tiny")
-    from blip_lora_core.models import TinySize, build_tiny_blip
+    from blip_lora_core.models.loading import TinySize, build_tiny_blip
     wider = load_blip(str(build_tiny_blip(tmp_path / "wide", ["one cube"], size=TinySize(hidden=32)))).model
     with pytest.raises(AdapterError, match=r"layer vision_model\.encoder\.layers\.0\.self_attn\.qkv: .*\(96, 32\)"):
         load_adapter(wider, path)
@@ -93,7 +93,7 @@ def test_wrong_base_model_names_layer_and_shapes(tiny_bundle, tmp_path):
 
 def test_same_shapes_but_other_weights_is_refused(tiny_bundle, tmp_path):
     path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
-    from blip_lora_core.models import build_tiny_blip
+    from blip_lora_core.models.loading import build_tiny_blip
     from tests.conftest import CAPTIONS
     other = load_blip(str(build_tiny_blip(tmp_path / "other", CAPTIONS, seed=5))).model
     with pytest.raises(AdapterError, match="weights differ from the base"):

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers.models.blip.modeling_blip import BlipAttention
 
-from blip_lora_core.attention import use_eager_attention, use_fast_attention
-from blip_lora_core.lora import LoraConfig, inject_lora
+from blip_lora_core.models.attention import use_eager_attention, use_fast_attention
+from blip_lora_core.lora.hooks import LoraConfig, inject_lora
 
 
 def _attention_layers(model):

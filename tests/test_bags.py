@@ -12,10 +12,10 @@ from PIL import Image
 
 from bag_fixtures import (Frame, camera_frames, raw_msg, read_topic, seed_frames, storage_file, string_msg,
                           write_bag)
-from blip_lora_core.bag_extract import ExtractOptions, extract_frames
-from blip_lora_core.bags import read_camera, resolve_bag
+from blip_lora_core.bags.extract import ExtractOptions, extract_frames
+from blip_lora_core.bags.reader import read_camera, resolve_bag
 from blip_lora_core.errors import BagError, ConfigError, DataError
-from blip_lora_core.image_msgs import decode_message
+from blip_lora_core.runtime.image_msgs import decode_message
 from blip_lora_training.cli import main
 
 RAW = "/camera/image_raw"
@@ -180,7 +180,7 @@ def test_extract_refuses_to_overwrite(bag, tmp_path, capsys):
 
 
 def test_unlabelled_rows_are_refused_by_the_dataset_reader(bag, tmp_path):
-    from blip_lora_core.data import read_jsonl
+    from blip_lora_core.train.data import read_jsonl
 
     extract_frames(bag, tmp_path / "ds", ExtractOptions(RAW, every=1.0))
     with pytest.raises(DataError, match="text"):
@@ -188,8 +188,8 @@ def test_unlabelled_rows_are_refused_by_the_dataset_reader(bag, tmp_path):
 
 
 def test_precaption_fills_text_and_marks_unreviewed(mcap_bag, images, tmp_path, tiny_model_dir):
-    from blip_lora_core.captioning import Captioner
-    from blip_lora_core.data import read_jsonl
+    from blip_lora_core.models.captioning import Captioner
+    from blip_lora_core.train.data import read_jsonl
 
     out = tmp_path / "ds"
     assert _cli("extract", mcap_bag, "--topic", RAW, "--every", "0.7", "--out", out, "--precaption",
@@ -311,13 +311,13 @@ def _mean_caption(image: np.ndarray) -> str:
 
 
 def _replay(bag, **kwargs):
-    from blip_lora_core.bag_caption import ReplayOptions, replay_captions
+    from blip_lora_core.bags.caption import ReplayOptions, replay_captions
 
     return replay_captions(bag, kwargs.pop("caption_fn", _mean_caption), ReplayOptions(RAW, **kwargs))
 
 
 def test_caption_to_jsonl_with_the_model(mcap_bag, images, tmp_path, tiny_model_dir, capsys):
-    from blip_lora_core.captioning import Captioner
+    from blip_lora_core.models.captioning import Captioner
 
     out = tmp_path / "captions.jsonl"
     args = ["caption", mcap_bag, "--topic", RAW, "--model", tiny_model_dir, "--max-new-tokens", "3",
@@ -345,7 +345,7 @@ def test_rate_limit_applies_in_bag_time(bag, rate, times):
 @pytest.mark.parametrize("out_name, storage", [("captions.mcap", "mcap"), ("captions.db3", "sqlite3"),
                                                ("caption_bag", "mcap"), ("caption_bag", "sqlite3")])
 def test_caption_to_a_bag(bag, tmp_path, out_name, storage):
-    from blip_lora_core.bag_caption import write_captions
+    from blip_lora_core.bags.caption import write_captions
 
     captions, _ = _replay(bag, max_rate_hz=3.0)  # 6 captions: the 7th would come 2 ns after the last frame
     out = tmp_path / out_name

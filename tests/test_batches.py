@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from blip_lora_core.augment import AugmentConfig, build_augment
-from blip_lora_core.batches import CaptionCollator, MicroBatchStream
-from blip_lora_core.data import ImageCaptionDataset, Sample
-from blip_lora_core.labels import TokenSpec
-from blip_lora_core.models import build_tokenizer, caption_words
+from blip_lora_core.train.augment import AugmentConfig, build_augment
+from blip_lora_core.train.batches import CaptionCollator, MicroBatchStream
+from blip_lora_core.train.data import ImageCaptionDataset, Sample
+from blip_lora_core.models.labels import TokenSpec
+from blip_lora_core.models.loading import build_tokenizer, caption_words
 
 N_SAMPLES, BATCH = 10, 3  # 4 micro-batches per epoch, the last one of a single item
 WORDS = ["red", "green", "blue", "wood", "cube", "on", "top", "of", "a", "one", "two", "three"]

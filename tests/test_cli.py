@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import BlipForConditionalGeneration
 
-from blip_lora_core.captioning import Captioner
-from blip_lora_core.models import load_blip
+from blip_lora_core.models.captioning import Captioner
+from blip_lora_core.models.loading import load_blip
 from blip_lora_training.cli import main
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from blip_lora_core.augment import AugmentConfig, build_augment
-from blip_lora_core.data import (
+from blip_lora_core.train.augment import AugmentConfig, build_augment
+from blip_lora_core.train.data import (
     BadLine,
     ImageCaptionDataset,
     Sample,
@@ -24,7 +24,7 @@ from blip_lora_core.data import (
     write_jsonl,
 )
 from blip_lora_core.errors import ConfigError, DataError
-from blip_lora_core.images import load_image
+from blip_lora_core.models.images import load_image
 
 SEED_BLOCKS = Path("/work/shared/data/seed_blocks/annotations.jsonl")
 needs_seed_blocks = pytest.mark.skipif(not SEED_BLOCKS.is_file(), reason="seed_blocks dataset not present")
@@ -287,7 +287,7 @@ def test_dataset_keys(dataset_samples):
 
 
 def test_split_of_unique_file_names_holds_out_the_tail(tmp_path):
-    from blip_lora_core.data import Sample, split_by_order
+    from blip_lora_core.train.data import Sample, split_by_order
 
     samples = [Sample(tmp_path / f"{i:04d}_{c}.png", c, None, tmp_path, i + 1) for i, c in enumerate("abcdefghij")]
     train, val = split_by_order(samples, 0.2)

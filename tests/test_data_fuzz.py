@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from blip_lora_core.data import read_jsonl
+from blip_lora_core.train.data import read_jsonl
 from blip_lora_core.errors import DataError
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

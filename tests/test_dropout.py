@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from blip_lora_core.dropout import _uniform16, lora_dropout, quantised_p
+from blip_lora_core.lora.dropout import _uniform16, lora_dropout, quantised_p
 
 
 def _dropout(x, p):

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from blip_lora_core import BlipLoraError, LoraConfig, inject_lora, read_adapter, save_adapter
-from blip_lora_core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from blip_lora_core.data import read_jsonl, write_jsonl
-from blip_lora_core.lora import lora_layers
-from blip_lora_core.train import train
-from blip_lora_core.train_config import load_config
+from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from blip_lora_core.train.data import read_jsonl, write_jsonl
+from blip_lora_core.lora.hooks import lora_layers
+from blip_lora_core.train.loop import train
+from blip_lora_core.train.config import load_config
 from blip_lora_training.cli import main
 from faults import assert_clean_error, failing, full_disk, log_losses, same_adapter, temp_files
 
@@ -108,7 +108,7 @@ def test_write_jsonl_on_a_full_disk_keeps_the_previous_file(tmp_path, disk_full,
 
 @pytest.fixture(scope="module")
 def disk_data(tmp_path_factory):
-    from blip_lora_core.synth import write_dataset
+    from blip_lora_training.synth import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("disk") / "data", 6, seed=0, size=(64, 64))
 

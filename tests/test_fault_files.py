@@ -20,12 +20,12 @@ from PIL import Image
 
 from blip_lora_core import AdapterError, BlipLoraError, ConfigError, DataError, LoraConfig, TrainingError
 from blip_lora_core import inject_lora, load_adapter, read_adapter, save_adapter
-from blip_lora_core.checkpoint import latest_checkpoint, load_checkpoint
-from blip_lora_core.data import read_jsonl
-from blip_lora_core.images import load_image
-from blip_lora_core.models import load_blip
-from blip_lora_core.train import train
-from blip_lora_core.train_config import load_config
+from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint
+from blip_lora_core.train.data import read_jsonl
+from blip_lora_core.models.images import load_image
+from blip_lora_core.models.loading import load_blip
+from blip_lora_core.train.loop import train
+from blip_lora_core.train.config import load_config
 from blip_lora_training.cli import main
 from faults import (MarkerPickle, REPO, assert_clean_error, flip_bit, join_safetensors, png_header, run_cli,
                     split_safetensors, time_limit)
@@ -191,7 +191,7 @@ def test_a_damaged_base_model_is_a_clear_error(tiny_model_dir, tmp_path, capsys,
 @pytest.fixture(scope="module")
 def checkpointed_run(tiny_model_dir, tmp_path_factory):
     """A 3-step run with checkpoints at steps 1 and 2 (the last step writes the adapter instead)."""
-    from blip_lora_core.synth import write_dataset
+    from blip_lora_training.synth import write_dataset
 
     root = tmp_path_factory.mktemp("ckpt")
     data = write_dataset(root / "data", 4, seed=0, size=(64, 64))
@@ -412,8 +412,8 @@ def test_no_remote_code_and_no_unpickling_in_the_sources():
 def test_load_blip_never_trusts_remote_code_and_pins_the_revision(tiny_model_dir, monkeypatch):
     import transformers
 
-    from blip_lora_core import models
-    from blip_lora_core.preprocess import ImagePreprocessor
+    from blip_lora_core.models import loading as models
+    from blip_lora_core.models.preprocess import ImagePreprocessor
 
     calls = []
 
@@ -437,7 +437,7 @@ def test_load_blip_never_trusts_remote_code_and_pins_the_revision(tiny_model_dir
 
 
 def test_adapters_and_checkpoints_are_read_with_safetensors_only():
-    for module in ("adapter_io", "checkpoint", "peft_interop"):
+    for module in ("lora/adapter_io", "train/checkpoint", "lora/peft_interop"):
         source = (REPO / "blip_lora_core" / f"{module}.py").read_text(encoding="utf-8")
         assert "safe_open" in source or "load_file" in source or "read_adapter" in source
         assert not re.search(r"^\s*(import|from) pickle|pickle\.|torch\.load|weights_only", source, re.M), module

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blip_lora_core.adapter_io import read_adapter
+from blip_lora_core.lora.adapter_io import read_adapter
 from blip_lora_core.atomic import SLOW_WRITE_ENV
-from blip_lora_core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from blip_lora_core.train_config import load_config
+from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from blip_lora_core.train.config import load_config
 from faults import TEMP_NAME, WarmCli, cli_env, log_losses, same_adapter, temp_files
 
 SETTINGS = dict(batch_size=2, grad_accum=1, epochs=2, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0,
@@ -34,7 +34,7 @@ SLOW_WRITE = "0.15"
 @pytest.fixture(scope="module")
 def run_setup(tiny_model_dir, tmp_path_factory):
     """Data, a config file, the warm launcher, and the uninterrupted reference run (with its duration)."""
-    from blip_lora_core.synth import write_dataset
+    from blip_lora_training.synth import write_dataset
 
     root = tmp_path_factory.mktemp("kill")
     data = write_dataset(root / "data", 12, seed=0, size=(64, 64))
@@ -190,8 +190,8 @@ def test_ctrl_c_during_the_last_step_finishes_and_writes_the_adapter(tiny_model_
     """Nothing is left to resume after the last step: the run ends normally instead of losing the step."""
     import threading
 
-    import blip_lora_core.train as train_module
-    from blip_lora_core.synth import write_dataset
+    import blip_lora_core.train.loop as train_module
+    from blip_lora_training.synth import write_dataset
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers need the main thread")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from bag_fixtures import image_msg, raw_msg
-from blip_lora_core.diagnostics import Level, diagnose
-from blip_lora_core.pipeline import CaptionPipeline, Outcome
+from blip_lora_core.runtime.diagnostics import Level, diagnose
+from blip_lora_core.runtime.pipeline import CaptionPipeline, Outcome
 
 FRAMES = 10_000
 MEMORY_BOUND = 64 * 1024  # bytes: far below one frame per 100 (each message holds 9 KiB of pixels)

@@ -1,4 +1,4 @@
-"""Tests for blip_lora_core.image_msgs: every encoding against known pixels, through real CDR messages."""
+"""Tests for blip_lora_core.runtime.image_msgs: every encoding against known pixels, through real CDR messages."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from rosbags.typesys import Stores, get_typestore
 
 from blip_lora_core.errors import ImageDecodeError
-from blip_lora_core.image_msgs import SUPPORTED_ENCODINGS, decode_compressed, decode_image, decode_message
+from blip_lora_core.runtime.image_msgs import SUPPORTED_ENCODINGS, decode_compressed, decode_image, decode_message
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 IMAGE = "sensor_msgs/msg/Image"

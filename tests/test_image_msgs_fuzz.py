@@ -1,4 +1,4 @@
-"""Fuzz blip_lora_core.image_msgs: any input gives an (H, W, 3) uint8 image or ImageDecodeError, nothing else."""
+"""Fuzz blip_lora_core.runtime.image_msgs: any input gives an (H, W, 3) uint8 image or ImageDecodeError, nothing else."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blip_lora_core.errors import ImageDecodeError
-from blip_lora_core.image_msgs import SUPPORTED_ENCODINGS, decode_compressed, decode_image, decode_message
+from blip_lora_core.runtime.image_msgs import SUPPORTED_ENCODINGS, decode_compressed, decode_image, decode_message
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from blip_lora_core.errors import DataError
-from blip_lora_core.images import check_image_file, load_image, pil_to_rgb
+from blip_lora_core.models.images import check_image_file, load_image, pil_to_rgb
 
 
 def _save(img: Image.Image, path: Path, **kwargs) -> Path:

@@ -37,7 +37,7 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from blip_lora_core.models import build_tiny_blip  # noqa: E402
+from blip_lora_core.models.loading import build_tiny_blip  # noqa: E402
 
 pytestmark = pytest.mark.ros
 IMAGE_TOPIC = "/test_camera/image_raw"

@@ -12,8 +12,8 @@ from blip_lora_core import (
     AdapterError, ConfigError, LoraConfig, inject_lora, is_merged, lora_disabled, merge_lora, remove_lora,
     trainable_parameters, unmerge_lora,
 )
-from blip_lora_core.lora import find_targets, lora_layers
-from blip_lora_core.models import blip_large_config, build_on_meta
+from blip_lora_core.lora.hooks import find_targets, lora_layers
+from blip_lora_core.models.loading import blip_large_config, build_on_meta
 
 
 def _forward(model, pixels):
@@ -51,7 +51,7 @@ def test_hook_adds_scaled_low_rank_update_to_the_layer_output():
 
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_hook_with_dropout_matches_the_formula_in_values_and_gradients(contiguous):
-    from blip_lora_core.dropout import lora_dropout
+    from blip_lora_core.lora.dropout import lora_dropout
 
     torch.manual_seed(0)
     layer = nn.Linear(6, 5)
@@ -270,7 +270,7 @@ def test_rank_larger_than_a_layer_is_refused_before_allocating(tiny_bundle):
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny_model_dir, pixels, dropout):
     """Recomputed forwards (with the in-place hook and the CPU dropout mask) must reproduce the gradients."""
-    from blip_lora_core.models import load_blip
+    from blip_lora_core.models.loading import load_blip
 
     grads, calls = [], []
     for checkpointing in (False, True):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from blip_lora_core.data import Sample
-from blip_lora_core.metrics import (
+from blip_lora_core.train.data import Sample
+from blip_lora_core.train.metrics import (
     bleu4,
     caption_metrics,
     cider,

@@ -11,8 +11,8 @@ from PIL import Image
 from transformers import BlipForConditionalGeneration
 
 from blip_lora_core import BlipLoraError, ConfigError
-from blip_lora_core.models import BOS_TOKEN, blip_large_config, load_blip, resolve_dtype
-from blip_lora_core.preprocess import ImagePreprocessor
+from blip_lora_core.models.loading import BOS_TOKEN, blip_large_config, load_blip, resolve_dtype
+from blip_lora_core.models.preprocess import ImagePreprocessor
 from tests.conftest import CAPTIONS
 
 

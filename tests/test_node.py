@@ -443,7 +443,7 @@ def test_main_spins_until_shutdown_and_cleans_up(ros, how):
 
 
 def test_node_captions_with_a_real_tiny_blip(ros, make_node, tiny_model_dir, monkeypatch):
-    from blip_lora_core.captioning import Captioner
+    from blip_lora_core.models.captioning import Captioner
 
     loads = []
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from blip_lora_core import AdapterError, LoraConfig, export_peft, import_peft, inject_lora, load_adapter, save_adapter
-from blip_lora_core.lora import lora_layers, lora_state_dict
-from blip_lora_core.models import load_blip
+from blip_lora_core.lora.hooks import lora_layers, lora_state_dict
+from blip_lora_core.models.loading import load_blip
 
 peft = pytest.importorskip("peft")
 CONFIG = LoraConfig(r=4, alpha=8, targets=(r"vision_model\..*", r"text_decoder\..*\.self\.(query|value)"))

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rosbags.typesys import Stores, get_typestore
 
-from blip_lora_core.diagnostics import Level, Thresholds, diagnose, stats_values
+from blip_lora_core.runtime.diagnostics import Level, Thresholds, diagnose, stats_values
 from blip_lora_core.errors import ImageDecodeError
-from blip_lora_core.pipeline import (CaptionPipeline, LatestFrameSlot, Outcome, PipelineStats, describe_frame,
+from blip_lora_core.runtime.pipeline import (CaptionPipeline, LatestFrameSlot, Outcome, PipelineStats, describe_frame,
                                      stamp_seconds)
 
 TYPES = get_typestore(Stores.ROS2_HUMBLE).types

@@ -5,9 +5,9 @@ import logging
 import torch
 from torch import nn
 
-from blip_lora_core.lora import LoraConfig, inject_lora
-from blip_lora_core.models import load_blip
-from blip_lora_core.precision import autocast, device_precision, store_frozen_matmul_weights
+from blip_lora_core.lora.hooks import LoraConfig, inject_lora
+from blip_lora_core.models.loading import load_blip
+from blip_lora_core.train.precision import autocast, device_precision, store_frozen_matmul_weights
 
 
 def _adapted(model_dir):

@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from blip_lora_core import ConfigError, TrainingError, read_adapter
-from blip_lora_core.schedule import lr_factor
-from blip_lora_core.train import train
-from blip_lora_core.train_config import load_config
-from blip_lora_core.lora import lora_state_dict
+from blip_lora_core.train.schedule import lr_factor
+from blip_lora_core.train.loop import train
+from blip_lora_core.train.config import load_config
+from blip_lora_core.lora.hooks import lora_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> Path:
-    from blip_lora_core.synth import write_dataset
+    from blip_lora_training.synth import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("synth") / "data", 12, seed=0, size=(64, 64))
 
@@ -110,7 +110,7 @@ def test_accumulating_4_x_batch_1_equals_batch_4(tiny_model_dir, synth_data, tmp
 def test_resume_ends_with_the_same_adapter(tiny_model_dir, synth_data, tmp_path):
     settings = dict(epochs=3, checkpoint_every=4, dropout=0.1, augment={"colour_jitter": 0.3})
     full = train(_config(tiny_model_dir, synth_data, tmp_path / "full", **settings))
-    from blip_lora_core.checkpoint import latest_checkpoint
+    from blip_lora_core.train.checkpoint import latest_checkpoint
 
     partial = _config(tiny_model_dir, synth_data, tmp_path / "part", **settings)
     _run_until(partial, 9)  # killed after step 9: the newest checkpoint is step 8's
@@ -123,7 +123,7 @@ def test_resume_ends_with_the_same_adapter(tiny_model_dir, synth_data, tmp_path)
 
 def _run_until(config, stop_after: int) -> None:
     """Run training and interrupt it (as SIGKILL would) once optimizer step stop_after has finished."""
-    import blip_lora_core.train as train_module
+    import blip_lora_core.train.loop as train_module
 
     original = train_module._log_row
 
@@ -143,7 +143,7 @@ def _run_until(config, stop_after: int) -> None:
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_model_dir, synth_data, tmp_path):
     config = _config(tiny_model_dir, synth_data, tmp_path / "nan", epochs=3, checkpoint_every=2)
-    import blip_lora_core.train as train_module
+    import blip_lora_core.train.loop as train_module
 
     original, calls = train_module.token_loss_sum, {"n": 0}
 
@@ -158,7 +158,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_model
             train(config)
     finally:
         train_module.token_loss_sum = original
-    from blip_lora_core.checkpoint import load_checkpoint
+    from blip_lora_core.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "nan" / "checkpoints" / "step_00000004.safetensors").step == 4
 
@@ -198,7 +198,7 @@ def test_ddp_two_processes_on_gloo_equal_one_process_with_twice_the_batch(tiny_m
     single = train(_config(tiny_model_dir, synth_data, tmp_path / "single", batch_size=2, max_steps=3))
     script = tmp_path / "ddp_train.py"
     script.write_text(
-        "import sys\nfrom blip_lora_core.train import train\nfrom blip_lora_core.train_config import load_config\n"
+        "import sys\nfrom blip_lora_core.train.loop import train\nfrom blip_lora_core.train.config import load_config\n"
         f"train(load_config(None, {_ddp_overrides(tiny_model_dir, synth_data, tmp_path / 'ddp')!r}))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
@@ -216,8 +216,8 @@ def _ddp_overrides(model_dir, data, out):
 
 
 def test_grouped_references_include_phrasings_from_the_training_rows(monkeypatch, tmp_path):
-    import blip_lora_core.train as train_module
-    from blip_lora_core.data import Sample
+    import blip_lora_core.train.loop as train_module
+    from blip_lora_core.train.data import Sample
 
     rows = [Sample(tmp_path / f"none_{i:04d}.jpg", text, None, tmp_path, i + 1)
             for i, text in enumerate(["Nothing is placed in the scene", "No cube is visible in the image"])]

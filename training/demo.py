@@ -29,14 +29,14 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from blip_lora_core.adapter_io import load_adapter  # noqa: E402
-from blip_lora_core.data import Sample, read_jsonl  # noqa: E402
-from blip_lora_core.gallery import GalleryRow, write_gallery  # noqa: E402
-from blip_lora_core.metrics import caption_metrics  # noqa: E402
-from blip_lora_core.models import TinySize, build_tiny_blip, load_blip  # noqa: E402
-from blip_lora_core.synth import caption_for, select_scenes, write_dataset  # noqa: E402
-from blip_lora_core.train import predict, train  # noqa: E402
-from blip_lora_core.train_config import TrainConfig  # noqa: E402
+from blip_lora_core.lora.adapter_io import load_adapter  # noqa: E402
+from blip_lora_core.train.data import Sample, read_jsonl  # noqa: E402
+from blip_lora_core.train.gallery import GalleryRow, write_gallery  # noqa: E402
+from blip_lora_core.train.metrics import caption_metrics  # noqa: E402
+from blip_lora_core.models.loading import TinySize, build_tiny_blip, load_blip  # noqa: E402
+from blip_lora_training.synth import caption_for, select_scenes, write_dataset  # noqa: E402
+from blip_lora_core.train.loop import predict, train  # noqa: E402
+from blip_lora_core.train.config import TrainConfig  # noqa: E402
 
 # seed_blocks' empty-table phrasings: in the vocabulary so the cached base also serves real photos.
 SEED_BLOCKS_CAPTIONS = (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from blip_lora_core.captioning import Captioner
-from blip_lora_core.models import BLIP_LARGE
+from blip_lora_core.models.captioning import Captioner
+from blip_lora_core.models.loading import BLIP_LARGE
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from blip_lora_core.bag_caption import ReplayOptions, check_caption_output, replay_captions, write_captions
-from blip_lora_core.bag_extract import ExtractOptions, Precaption, extract_frames
-from blip_lora_core.bags import check_camera_topic
+from blip_lora_core.bags.caption import ReplayOptions, check_caption_output, replay_captions, write_captions
+from blip_lora_core.bags.extract import ExtractOptions, Precaption, extract_frames
+from blip_lora_core.bags.reader import check_camera_topic
 from blip_lora_core.errors import ConfigError
 
 from ._model_args import add_model_args, captioner_from_args

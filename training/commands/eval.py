@@ -6,9 +6,9 @@ import argparse
 import json
 
 from blip_lora_core.atomic import atomic_write_text
-from blip_lora_core.data import read_jsonl
-from blip_lora_core.gallery import GalleryRow, write_gallery
-from blip_lora_core.metrics import caption_metrics, references_by_class
+from blip_lora_core.train.data import read_jsonl
+from blip_lora_core.train.gallery import GalleryRow, write_gallery
+from blip_lora_core.train.metrics import caption_metrics, references_by_class
 
 from ._model_args import add_model_args, captioner_from_args
 

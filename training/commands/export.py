@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from blip_lora_core.adapter_io import load_adapter
-from blip_lora_core.lora import remove_lora
-from blip_lora_core.models import BLIP_LARGE, load_blip, save_bundle
-from blip_lora_core.peft_interop import export_peft
+from blip_lora_core.lora.adapter_io import load_adapter
+from blip_lora_core.lora.hooks import remove_lora
+from blip_lora_core.models.loading import BLIP_LARGE, load_blip, save_bundle
+from blip_lora_core.lora.peft_interop import export_peft
 
 
 def register(subparsers) -> None:

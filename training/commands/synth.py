@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from blip_lora_core import synth
+from blip_lora_training import synth
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from blip_lora_core.train import train
-from blip_lora_core.train_config import FINETUNE_MODES, PRECISIONS, load_config
+from blip_lora_core.train.loop import train
+from blip_lora_core.train.config import FINETUNE_MODES, PRECISIONS, load_config
 
 # flag -> (TrainConfig field, type, help)
 _OPTIONS = [

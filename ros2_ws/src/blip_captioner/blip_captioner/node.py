@@ -1,6 +1,6 @@
 """ROS 2 glue: parameters, the camera subscription, caption and diagnostics publishers.
 
-The work happens in blip_lora_core.pipeline (newest frame only, captioned on a worker thread) and in
+The work happens in blip_lora_core.runtime.pipeline (newest frame only, captioned on a worker thread) and in
 blip_captioner.params (what a parameter change does); this module only wires them to rclpy.
 """
 
@@ -20,9 +20,9 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from blip_lora_core.diagnostics import Diagnosis, diagnose
+from blip_lora_core.runtime.diagnostics import Diagnosis, diagnose
 from blip_lora_core.errors import BlipLoraError
-from blip_lora_core.pipeline import CaptionPipeline, PipelineStats, stamp_seconds
+from blip_lora_core.runtime.pipeline import CaptionPipeline, PipelineStats, stamp_seconds
 
 from blip_captioner.params import PARAMS, LiveCaptioner, ParamSpec, apply_changes, check_values
 

@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from blip_lora_core.captioning import Captioner
+from blip_lora_core.models.captioning import Captioner
 from blip_lora_core.errors import BlipLoraError, ConfigError
-from blip_lora_core.models import BLIP_LARGE
-from blip_lora_core.pipeline import CaptionPipeline
+from blip_lora_core.models.loading import BLIP_LARGE
+from blip_lora_core.runtime.pipeline import CaptionPipeline
 
 
 @dataclass(frozen=True)

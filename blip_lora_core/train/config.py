@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from .augment import AugmentConfig
-from .errors import ConfigError
-from .lora import DEFAULT_TARGETS, LoraConfig
+from ..errors import ConfigError
+from ..lora.hooks import DEFAULT_TARGETS, LoraConfig
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 FINETUNE_MODES = ("lora", "full")

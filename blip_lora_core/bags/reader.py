@@ -19,8 +19,8 @@ from typing import Any
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from .atomic import fsync_dir
-from .errors import BagError
+from ..atomic import fsync_dir
+from ..errors import BagError
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"

@@ -26,21 +26,21 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .adapter_io import adapter_filename, save_adapter
-from .atomic import atomic_write_bytes, atomic_write_text
+from ..lora.adapter_io import adapter_filename, save_adapter
+from ..atomic import atomic_write_bytes, atomic_write_text
 from .augment import AugmentConfig, build_augment
 from .batches import CaptionCollator, MicroBatchStream
-from .captioning import Captioner
+from ..models.captioning import Captioner
 from .checkpoint import latest_checkpoint, save_checkpoint, set_rng_state
 from .data import ImageCaptionDataset, Sample, read_jsonl, split_by_order
-from .errors import BlipLoraError, ConfigError, DataError, TrainingError
-from .labels import IGNORE_INDEX, TokenSpec
-from .lora import inject_lora, trainable_parameters
+from ..errors import BlipLoraError, ConfigError, DataError, TrainingError
+from ..models.labels import IGNORE_INDEX, TokenSpec
+from ..lora.hooks import inject_lora, trainable_parameters
 from .metrics import caption_metrics, references_by_class
-from .models import BlipBundle, load_blip, save_bundle
+from ..models.loading import BlipBundle, load_blip, save_bundle
 from .precision import autocast, device_precision, store_frozen_matmul_weights
 from .schedule import lr_factor
-from .train_config import TrainConfig
+from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "images_per_s", "elapsed_s"]

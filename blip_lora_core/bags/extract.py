@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .bags import BagMessage, check_output, read_camera, resolve_bag, stamp_parts, stamp_seconds, staged_output
-from .data import write_jsonl
-from .errors import BagError, ConfigError, ImageDecodeError
-from .image_msgs import decode_message
+from .reader import BagMessage, check_output, read_camera, resolve_bag, stamp_parts, stamp_seconds, staged_output
+from ..train.data import write_jsonl
+from ..errors import BagError, ConfigError, ImageDecodeError
+from ..runtime.image_msgs import decode_message
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save as safetensors_bytes
 
 from .adapter_io import AdapterInfo, read_adapter, save_adapter
-from .atomic import atomic_write_bytes, atomic_write_text
-from .errors import AdapterError, ConfigError
-from .lora import LoraConfig, inject_lora, lora_layers, remove_lora
+from ..atomic import atomic_write_bytes, atomic_write_text
+from ..errors import AdapterError, ConfigError
+from .hooks import LoraConfig, inject_lora, lora_layers, remove_lora
 
 PEFT_PREFIX = "base_model.model."
 _UNSUPPORTED = {"use_dora": False, "bias": "none", "modules_to_save": None, "layers_to_transform": None}

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_write_text
-from .images import load_image
+from ..atomic import atomic_write_text
+from ..models.images import load_image
 from .metrics import normalise
 
 

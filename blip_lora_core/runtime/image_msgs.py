@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from blip_lora_core.errors import ImageDecodeError
+from ..errors import ImageDecodeError
 
 
 @dataclass(frozen=True)

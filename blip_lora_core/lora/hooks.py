@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .dropout import lora_dropout
-from .errors import AdapterError, ConfigError
+from ..errors import AdapterError, ConfigError
 
 DEFAULT_TARGETS = (r"vision_model\..*",)
 _FROZEN_FLAGS = "_lora_requires_grad_before"

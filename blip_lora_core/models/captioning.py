@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .adapter_io import AdapterInfo, load_adapter
+from ..lora.adapter_io import AdapterInfo, load_adapter
 from .images import load_image
 from .labels import TokenSpec, generation_prompt, prompt_ids, strip_prompt
-from .lora import lora_layers, merge_lora, remove_lora
-from .models import BlipBundle, load_blip
+from ..lora.hooks import lora_layers, merge_lora, remove_lora
+from .loading import BlipBundle, load_blip
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from .bags import (BagMessage, check_output, looks_like_bag, read_camera, resolve_bag, stamp_seconds,
+from .reader import (BagMessage, check_output, looks_like_bag, read_camera, resolve_bag, stamp_seconds,
                    write_strings)
-from .data import write_jsonl
-from .errors import BagError, BlipLoraError, ImageDecodeError
-from .image_msgs import decode_message
-from .pipeline import CaptionPipeline, Outcome
+from ..train.data import write_jsonl
+from ..errors import BagError, BlipLoraError, ImageDecodeError
+from ..runtime.image_msgs import decode_message
+from ..runtime.pipeline import CaptionPipeline, Outcome
 
 log = logging.getLogger(__name__)
 

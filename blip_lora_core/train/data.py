@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .atomic import atomic_write_text
-from .errors import BlipLoraError, ConfigError, DataError
-from .images import check_image_file, load_image
+from ..atomic import atomic_write_text
+from ..errors import BlipLoraError, ConfigError, DataError
+from ..models.images import check_image_file, load_image
 
 MAX_ERRORS_SHOWN = 5
 Key = tuple[int, int]  # an ImageCaptionDataset key: (epoch, index)

@@ -19,8 +19,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .atomic import atomic_write_bytes
-from .errors import TrainingError
+from ..atomic import atomic_write_bytes
+from ..errors import TrainingError
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"step_(\d{8})\.safetensors")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .errors import ImageDecodeError
+from ..errors import ImageDecodeError
 from .image_msgs import decode_message
 
 log = logging.getLogger(__name__)

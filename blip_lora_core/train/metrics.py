@@ -73,7 +73,7 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
 def references_by_class(samples: Sequence[Sample], pool: Sequence[Sample] | None = None) -> list[list[str]]:
     """Reference lists for ``samples``: all distinct captions of each sample's scene group.
 
-    Groups (:func:`blip_lora_core.data.scene_group`, e.g. "none" for none_0001.jpg) are gathered
+    Groups (:func:`blip_lora_core.train.data.scene_group`, e.g. "none" for none_0001.jpg) are gathered
     from ``pool`` (default: ``samples``; pass the whole dataset to see every phrasing). A group
     with more than one distinct caption is one class phrased several ways (seed_blocks' empty
     table), so each of its captions is a reference for all its images; otherwise the sample's own

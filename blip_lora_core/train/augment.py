@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps, ImageStat
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 Augment = Callable[[Image.Image, np.random.Generator], Image.Image]
 

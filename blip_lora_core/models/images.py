@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError
+from ..errors import DataError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Images with more pixels than this (width * height) are refused as possible decompression bombs."""

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from transformers import BlipConfig, BlipForConditionalGeneration, BertTokenizerFast, PreTrainedTokenizerBase
 
 from .attention import use_fast_attention
-from .errors import BlipLoraError, ConfigError
+from ..errors import BlipLoraError, ConfigError
 from .preprocess import ImagePreprocessor
 
 BLIP_LARGE = "Salesforce/blip-image-captioning-large"
@@ -83,7 +83,7 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
 
 def blip_large_config() -> BlipConfig:
     """The architecture of Salesforce/blip-image-captioning-large, from the copy in this package."""
-    text = resources.files("blip_lora_core").joinpath("model_configs/blip-image-captioning-large.json").read_text()
+    text = resources.files("blip_lora_core").joinpath("models/model_configs/blip-image-captioning-large.json").read_text()
     config = json.loads(text)
     config.pop("_comment", None)
     return BlipConfig.from_dict(config)

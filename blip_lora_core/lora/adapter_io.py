@@ -21,9 +21,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .atomic import atomic_write_bytes
-from .errors import AdapterError, ConfigError
-from .lora import LoraConfig, inject_lora, lora_layers, merge_lora, unmerge_lora
+from ..atomic import atomic_write_bytes
+from ..errors import AdapterError, ConfigError
+from .hooks import LoraConfig, inject_lora, lora_layers, merge_lora, unmerge_lora
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ class ImagePreprocessor:
 
     def save_pretrained(self, folder) -> None:
         """Write preprocessor_config.json into folder (atomically), as transformers' processors do."""
-        from .atomic import atomic_write_text
+        from ..atomic import atomic_write_text
 
         atomic_write_text(Path(folder) / "preprocessor_config.json", json.dumps(self.to_dict(), indent=2))
 

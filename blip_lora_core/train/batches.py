@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import Key
-from .labels import TokenSpec, collate_text
+from ..models.labels import TokenSpec, collate_text
 
 PREFETCH = 4  # micro-batches each worker prepares ahead
 

@@ -1,0 +1,1 @@
+"""BLIP models: loading, the attention fast path, image preprocessing, labels and captioning."""

@@ -1,0 +1,1 @@
+"""Training: config, data, batches, augmentation, the loop, checkpoints, schedule, precision, metrics."""

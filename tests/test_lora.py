@@ -293,3 +293,71 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny_model_dir, pi
     assert all(g.abs().sum() > 0 for name, g in grads[0].items() if "vision_model" in name)
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_merge_keeping_the_base_restores_it_bit_for_bit_in_bf16(tiny_bundle):
+    model = tiny_bundle.model.to(torch.bfloat16)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    inject_lora(model, LoraConfig(r=4, alpha=8))
+    for seed in range(5):  # swap "adapters" many times: subtracting the update in bf16 would drift
+        _randomise_b(model, seed)
+        merge_lora(model, keep_base=True)
+        assert is_merged(model)
+        unmerge_lora(model)
+    drift_free = {n: p for n, p in model.named_parameters() if "lora_" not in n}
+    assert all(torch.equal(drift_free[n], base[n]) for n in base)
+    _randomise_b(model, 9)
+    merge_lora(model)  # without the kept copy, unmerging subtracts in fp32 and rounds: not exact in bf16
+    unmerge_lora(model)
+    assert not all(torch.equal(dict(model.named_parameters())[n], base[n]) for n in base)
+
+
+def test_load_lora_tensors_into_merged_layers_remerges_with_the_new_update(tiny_bundle, pixels):
+    from blip_lora_core.lora.hooks import check_lora_fits, load_lora_tensors, lora_state_dict
+
+    model = tiny_bundle.model
+    config = LoraConfig(r=4, alpha=8)
+    names = inject_lora(model, config)
+    _randomise_b(model, 1)
+    first = {k: v.clone() for k, v in lora_state_dict(model).items()}
+    expected_first = _forward(model, pixels)
+    _randomise_b(model, 2)
+    second = {k: v.clone() for k, v in lora_state_dict(model).items()}
+    expected_second = _forward(model, pixels)
+    merge_lora(model, keep_base=True)
+    check_lora_fits(model, names, first, config.r)
+    load_lora_tensors(model, config, names, first)
+    assert is_merged(model)
+    torch.testing.assert_close(_forward(model, pixels), expected_first, rtol=1e-5, atol=1e-5)
+    load_lora_tensors(model, config, names, second)
+    torch.testing.assert_close(_forward(model, pixels), expected_second, rtol=1e-5, atol=1e-5)
+
+
+def test_check_lora_fits_names_the_layer_and_shapes(tiny_bundle):
+    from blip_lora_core.lora.hooks import check_lora_fits
+
+    model = tiny_bundle.model
+    name = find_targets(model, LoraConfig().targets)[0]
+    out_f, in_f = dict(model.named_modules())[name].weight.shape
+    good = {f"{name}.lora_A": torch.zeros(4, in_f), f"{name}.lora_B": torch.zeros(out_f, 4)}
+    check_lora_fits(model, [name], good, 4)
+    with pytest.raises(AdapterError, match=rf"layer {name}: .*\(4, {in_f + 1}\).*{(out_f, in_f)}"):
+        check_lora_fits(model, [name], {**good, f"{name}.lora_A": torch.zeros(4, in_f + 1)}, 4)
+    with pytest.raises(AdapterError, match=rf"layer {name}: the adapter lacks lora_B"):
+        check_lora_fits(model, [name], {f"{name}.lora_A": good[f"{name}.lora_A"]}, 4)
+    with pytest.raises(AdapterError, match="no such layer"):
+        check_lora_fits(model, ["vision_model.nowhere"], {"vision_model.nowhere.lora_A": torch.zeros(1),
+                                                          "vision_model.nowhere.lora_B": torch.zeros(1)}, 4)
+
+
+def test_only_the_lora_subpackage_touches_a_layers_lora_state():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    owner = root / "blip_lora_core" / "lora"
+    sources = [p for folder in ("blip_lora_core", "training", "bench", "ros2_ws/src") for p in (root / folder).rglob("*.py")]
+    assert len(sources) > 40
+    offenders = [str(p.relative_to(root)) for p in sources
+                 if not p.is_relative_to(owner) and re.search(r"\._lora\b", p.read_text(encoding="utf-8"))]
+    assert offenders == []

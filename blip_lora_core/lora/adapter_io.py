@@ -23,7 +23,7 @@ from torch import nn
 
 from ..atomic import atomic_write_bytes
 from ..errors import AdapterError, ConfigError
-from .hooks import LoraConfig, inject_lora, lora_layers, merge_lora, unmerge_lora
+from .hooks import LoraConfig, base_weight_values, check_lora_fits, load_lora_tensors, lora_layers, lora_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +75,8 @@ def base_probe(model: nn.Module, layers: list[str]) -> torch.Tensor:
     rows = []
     for name in layers:
         module = modules[name]
-        weight = module.weight.detach()
-        index = _probe_index(weight.numel()).to(weight.device)
-        values = weight.reshape(-1)[index].float()
-        state = getattr(module, "_lora", None)
-        if state is not None and state.merged:
-            rows_i, cols_i = index // weight.shape[1], index % weight.shape[1]
-            delta = (module.lora_B.float()[rows_i] * module.lora_A.float()[:, cols_i].t()).sum(-1)
-            values = values - state.scaling * delta
-        rows.append(values.cpu())
+        index = _probe_index(module.weight.numel()).to(module.weight.device)
+        rows.append(base_weight_values(module, index).cpu())
     return torch.stack(rows)
 
 
@@ -100,10 +93,7 @@ def save_adapter(
     layers = list(lora_layers(model))
     if not layers:
         raise AdapterError("the model has no LoRA layers to save")
-    tensors = {}
-    for name, module in lora_layers(model).items():
-        tensors[f"{name}.lora_A"] = module.lora_A.detach().to("cpu", copy=True).contiguous()
-        tensors[f"{name}.lora_B"] = module.lora_B.detach().to("cpu", copy=True).contiguous()
+    tensors = {key: t.to("cpu", copy=True).contiguous() for key, t in lora_state_dict(model).items()}
     tensors[PROBE_KEY] = base_probe(model, layers)
     metadata = {
         "format": FORMAT,
@@ -205,52 +195,18 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, check_base: bool 
     """
     path = Path(path)
     info, tensors = read_adapter(path)
-    _check_fits(path, model, info, tensors)
-    if check_base:
-        _check_base_weights(path, model, info, tensors[PROBE_KEY])
-    existing = lora_layers(model)
-    if not existing:
-        inject_lora(model, info.config, layer_names=info.layers)
-    remerge = any(m._lora.merged for m in lora_layers(model).values())
-    if remerge:
-        unmerge_lora(model)
-    with torch.no_grad():
-        for name, module in lora_layers(model).items():
-            module.lora_A.copy_(tensors[f"{name}.lora_A"])
-            module.lora_B.copy_(tensors[f"{name}.lora_B"])
-            module._lora.scaling = info.config.scaling
-            module._lora.dropout = float(info.config.dropout)
-    if remerge:
-        merge_lora(model)
-    return info
-
-
-def _check_fits(path: Path, model: nn.Module, info: AdapterInfo, tensors: dict[str, torch.Tensor]) -> None:
-    modules = dict(model.named_modules())
-    for name in info.layers:
-        module = modules.get(name)
-        if not isinstance(module, nn.Linear):
-            found = "no such layer" if module is None else f"a {type(module).__name__}"
-            raise AdapterError(f"{path}: layer {name} is not an nn.Linear in this model ({found}); "
-                               f"was the adapter made for another base model ({info.base_model or 'unknown'})?")
-        out_f, in_f = module.weight.shape
-        a, b = tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]
-        if a.shape[1] != in_f or b.shape[0] != out_f:
-            raise AdapterError(f"{path}: layer {name}: adapter has lora_A {tuple(a.shape)} and lora_B "
-                               f"{tuple(b.shape)}, but the model's weight is {(out_f, in_f)}")
-    existing = lora_layers(model)
-    if existing:
-        extra, missing = sorted(set(existing) - set(info.layers)), sorted(set(info.layers) - set(existing))
-        if extra or missing:
-            raise AdapterError(f"{path}: the model's LoRA layers differ from the adapter's "
-                               f"(model only: {extra[:3]}, adapter only: {missing[:3]}): call remove_lora first")
-        for name, module in existing.items():
-            if module.lora_A.shape[0] != info.config.r:
-                raise AdapterError(f"{path}: layer {name}: the model's LoRA has rank {module.lora_A.shape[0]} "
-                                   f"(lora_A {tuple(module.lora_A.shape)}), the adapter rank {info.config.r}")
+    try:
+        check_lora_fits(model, info.layers, tensors, info.config.r)
+    except AdapterError as error:
+        raise AdapterError(f"{path}: {error} (the adapter was made for "
+                           f"{info.base_model or 'an unknown base model'})") from None
     found = fingerprint(layer_shapes(model, info.layers))
     if info.fingerprint and info.fingerprint != found:
         raise AdapterError(f"{path}: layer fingerprint {info.fingerprint} does not match the model's {found}")
+    if check_base:
+        _check_base_weights(path, model, info, tensors[PROBE_KEY])
+    load_lora_tensors(model, info.config, info.layers, tensors)
+    return info
 
 
 def _check_base_weights(path: Path, model: nn.Module, info: AdapterInfo, probe: torch.Tensor) -> None:

@@ -63,7 +63,11 @@ class LoraConfig:
 
 
 class _LoraState:
-    """What a hooked layer carries besides its two adapter parameters."""
+    """What a hooked layer carries besides its two adapter parameters.
+
+    Only this module reads or writes it. base_weight: a CPU copy of the weight from before merging, kept
+    when merging with keep_base=True, so that unmerging restores the base exactly (no fp16/bf16 drift).
+    """
 
     def __init__(self, scaling: float, dropout: float, handle: torch.utils.hooks.RemovableHandle):
         self.scaling = scaling
@@ -71,6 +75,7 @@ class _LoraState:
         self.handle = handle
         self.merged = False
         self.enabled = True
+        self.base_weight: torch.Tensor | None = None
 
 
 def _lora_hook(module: nn.Linear, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
@@ -181,10 +186,11 @@ def _delta(module: nn.Linear) -> torch.Tensor:
 
 
 @torch.no_grad()
-def merge_lora(model: nn.Module) -> int:
+def merge_lora(model: nn.Module, *, keep_base: bool = False) -> int:
     """Fold every adapter into its weight (W += scaling * B A, computed in fp32); returns layers merged.
 
-    Merging twice is a no-op: already merged layers are skipped.
+    Merging twice is a no-op: already merged layers are skipped. keep_base=True keeps a CPU copy of each
+    base weight so that unmerging (or remove_lora) restores it bit for bit, however often adapters swap.
     """
     merged = 0
     for name, module in lora_layers(model).items():
@@ -197,6 +203,8 @@ def merge_lora(model: nn.Module) -> int:
         new_weight = module.weight.float() + delta
         if not torch.isfinite(new_weight).all():
             raise AdapterError(f"cannot merge layer {name}: merged weight is not finite")
+        if keep_base:
+            module._lora.base_weight = module.weight.detach().to("cpu", copy=True)
         module.weight.copy_(new_weight.to(module.weight.dtype))
         module._lora.merged = True
         merged += 1
@@ -205,12 +213,20 @@ def merge_lora(model: nn.Module) -> int:
 
 @torch.no_grad()
 def _unmerge_layer(module: nn.Linear) -> None:
-    module.weight.copy_((module.weight.float() - _delta(module)).to(module.weight.dtype))
-    module._lora.merged = False
+    state: _LoraState = module._lora
+    if state.base_weight is not None:
+        module.weight.copy_(state.base_weight)
+        state.base_weight = None
+    else:
+        module.weight.copy_((module.weight.float() - _delta(module)).to(module.weight.dtype))
+    state.merged = False
 
 
 def unmerge_lora(model: nn.Module) -> int:
-    """Subtract merged adapters from their weights again (in fp32); returns layers unmerged."""
+    """Take merged adapters out of their weights again: the kept base weight, else W -= scaling * B A in fp32.
+
+    Returns the number of layers unmerged.
+    """
     layers = [m for m in lora_layers(model).values() if m._lora.merged]
     for module in layers:
         _unmerge_layer(module)
@@ -245,6 +261,72 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         tensors[f"{name}.lora_A"] = module.lora_A.detach()
         tensors[f"{name}.lora_B"] = module.lora_B.detach()
     return tensors
+
+
+def check_lora_fits(model: nn.Module, layers: list[str], tensors: dict[str, torch.Tensor], r: int) -> None:
+    """AdapterError naming the layer and shapes unless tensors ({'<layer>.lora_A': (r, in), ...}) fit the
+    model's nn.Linear layers at rank r, and any LoRA the model already has covers exactly these layers."""
+    modules = dict(model.named_modules())
+    for name in layers:
+        module = modules.get(name)
+        if not isinstance(module, nn.Linear):
+            found = "no such layer" if module is None else f"a {type(module).__name__}"
+            raise AdapterError(f"layer {name} is not an nn.Linear in this model ({found})")
+        out_f, in_f = module.weight.shape
+        a, b = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
+        if a is None or b is None:
+            raise AdapterError(f"layer {name}: the adapter lacks lora_{'A' if a is None else 'B'}")
+        if a.shape != (r, in_f) or b.shape != (out_f, r):
+            raise AdapterError(f"layer {name}: adapter has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} "
+                               f"at r={r}, but the model's weight is {(out_f, in_f)}")
+    existing = lora_layers(model)
+    if existing:
+        extra, missing = sorted(set(existing) - set(layers)), sorted(set(layers) - set(existing))
+        if extra or missing:
+            raise AdapterError(f"the model's LoRA layers differ from the adapter's "
+                               f"(model only: {extra[:3]}, adapter only: {missing[:3]}): call remove_lora first")
+        for name, module in existing.items():
+            if module.lora_A.shape[0] != r:
+                raise AdapterError(f"layer {name}: the model's LoRA has rank {module.lora_A.shape[0]} "
+                                   f"(lora_A {tuple(module.lora_A.shape)}), the adapter rank {r}")
+
+
+@torch.no_grad()
+def load_lora_tensors(model: nn.Module, config: LoraConfig, layers: list[str],
+                      tensors: dict[str, torch.Tensor]) -> None:
+    """Put checked adapter tensors into the model, injecting LoRA into `layers` first if it has none.
+
+    Merged layers are unmerged, loaded and merged again (keeping their base copy if they had one).
+    Call check_lora_fits first: this function assumes the tensors fit.
+    """
+    if not lora_layers(model):
+        inject_lora(model, config, layer_names=layers)
+    hooked = lora_layers(model)
+    merged = [m._lora.merged for m in hooked.values()]
+    keep_base = any(m._lora.base_weight is not None for m in hooked.values())
+    unmerge_lora(model)
+    for name, module in hooked.items():
+        module.lora_A.copy_(tensors[f"{name}.lora_A"])
+        module.lora_B.copy_(tensors[f"{name}.lora_B"])
+        module._lora.scaling = config.scaling
+        module._lora.dropout = float(config.dropout)
+    if any(merged):
+        merge_lora(model, keep_base=keep_base)
+
+
+@torch.no_grad()
+def base_weight_values(module: nn.Linear, flat_index: torch.Tensor) -> torch.Tensor:
+    """fp32 values of a layer's base weight at flat positions (k,), with any merged LoRA update taken out."""
+    state: _LoraState | None = getattr(module, "_lora", None)
+    if state is not None and state.base_weight is not None:
+        return state.base_weight.reshape(-1)[flat_index.cpu()].float().to(flat_index.device)
+    weight = module.weight.detach()
+    values = weight.reshape(-1)[flat_index].float()
+    if state is not None and state.merged:
+        rows, cols = flat_index // weight.shape[1], flat_index % weight.shape[1]
+        delta = (module.lora_B.float()[rows] * module.lora_A.float()[:, cols].t()).sum(-1)
+        values = values - state.scaling * delta
+    return values
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save as safetensors_bytes
 from .adapter_io import AdapterInfo, read_adapter, save_adapter
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import AdapterError, ConfigError
-from .hooks import LoraConfig, inject_lora, lora_layers, remove_lora
+from .hooks import LoraConfig, check_lora_fits, load_lora_tensors, lora_layers, remove_lora
 
 PEFT_PREFIX = "base_model.model."
 _UNSUPPORTED = {"use_dora": False, "bias": "none", "modules_to_save": None, "layers_to_transform": None}
@@ -104,21 +104,12 @@ def import_peft(folder: str | os.PathLike, model: torch.nn.Module, out_file: str
     info, tensors = read_peft(folder)
     if lora_layers(model):
         raise AdapterError("import_peft needs a model without LoRA layers")
-    modules = dict(model.named_modules())
-    for name in info.layers:
-        module = modules.get(name)
-        if not isinstance(module, torch.nn.Linear):
-            raise AdapterError(f"{folder}: peft layer {name} is not an nn.Linear in this model")
-        a, b = tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]
-        if (a.shape[1], b.shape[0]) != (module.in_features, module.out_features) or a.shape[0] != info.config.r:
-            raise AdapterError(f"{folder}: layer {name}: lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)} do not fit "
-                               f"weight {tuple(module.weight.shape)} at r={info.config.r}")
-    inject_lora(model, info.config, layer_names=info.layers)
     try:
-        with torch.no_grad():
-            for name, module in lora_layers(model).items():
-                module.lora_A.copy_(tensors[f"{name}.lora_A"])
-                module.lora_B.copy_(tensors[f"{name}.lora_B"])
+        check_lora_fits(model, info.layers, tensors, info.config.r)
+    except AdapterError as error:
+        raise AdapterError(f"{folder}: peft {error}") from None
+    load_lora_tensors(model, info.config, info.layers, tensors)
+    try:
         return save_adapter(model, out_file, config=info.config, base_model=info.base_model,
                             base_revision=info.base_revision, extra={"imported_from": "peft"})
     finally:

@@ -13,7 +13,7 @@ from PIL import Image
 from ..lora.adapter_io import AdapterInfo, load_adapter
 from .images import load_image
 from .labels import TokenSpec, generation_prompt, prompt_ids, strip_prompt
-from ..lora.hooks import lora_layers, merge_lora, remove_lora
+from ..lora.hooks import merge_lora, remove_lora
 from .loading import BlipBundle, load_blip
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ class Captioner:
         self.batch_size = batch_size
         self.adapter: AdapterInfo | None = None
         self._spec = TokenSpec.from_model(bundle.model)
-        self._base_weights: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_pretrained(cls, model: str, *, adapter: str | None = None, device: str | None = None,
@@ -52,10 +51,9 @@ class Captioner:
     def set_adapter(self, path: str | Path | None, merge: bool = True) -> None:
         """Swap the LoRA adapter (None: the base model alone) without reloading the base model.
 
-        Merged adapters are taken out by restoring the base weights saved at merge time, so that swapping
+        Merged adapters are taken out by restoring the base weights kept at merge time, so that swapping
         many times never lets rounding (in fp16, say) drift the base weights.
         """
-        self._restore_base()
         remove_lora(self.model)
         self.adapter = None
         if not path:
@@ -63,18 +61,8 @@ class Captioner:
         self.adapter = load_adapter(self.model, path)
         self.model.eval()
         if merge:
-            self._base_weights = {name: m.weight.detach().to("cpu", copy=True)
-                                  for name, m in lora_layers(self.model).items()}
-            merge_lora(self.model)
+            merge_lora(self.model, keep_base=True)
         log.info("adapter %s loaded (%s)", path, "merged" if merge else "hooked")
-
-    @torch.no_grad()
-    def _restore_base(self) -> None:
-        layers = lora_layers(self.model)
-        for name, weight in self._base_weights.items():
-            layers[name].weight.copy_(weight)
-            layers[name]._lora.merged = False
-        self._base_weights = {}
 
     def caption(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
         """Images (PIL or (H, W, 3) uint8 RGB) -> one caption each, prompt stripped."""

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from blip_lora_core.models.labels import label_token_count, token_loss_sum
+
 from .common import Row, caption_batch, file_name, format_table, median, shared_copy
 
 NEW_TOKENS = 20
@@ -247,23 +249,13 @@ def caption_rows(bundle, adapter, args, notes: list[str]) -> list[Row]:
 # ---------------------------------------------------------------- training rows
 
 
-def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """blip_lora_core.train.loop.token_loss_sum without importing train (whose metrics need pycocoevalcap)."""
-    logits = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
-                   attention_mask=batch["attention_mask"]).logits
-    logits, labels = logits[:, :-1], batch["labels"][:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
-                           reduction="sum")
-
-
 def _train_step(model, batch, optimizer, autocast, plain: bool):
     def step():
         with autocast():
             if plain:
                 loss = model(**batch).loss
             else:
-                tokens = (batch["labels"][:, 1:] != -100).sum()
-                loss = token_loss_sum(model, batch) / tokens
+                loss = token_loss_sum(model, batch) / label_token_count(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

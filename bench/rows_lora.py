@@ -55,7 +55,7 @@ def lora_pair(model: nn.Module, config: LoraConfig = LORA, seed: int = 0) -> Lor
 
 def training_step(model: nn.Module, batch: dict[str, torch.Tensor], lr: float = 1e-4) -> Callable[[], float]:
     """A closure running one step (the summed token loss, backward, AdamW, zero_grad); returns the loss."""
-    from blip_lora_core.train.loop import token_loss_sum
+    from blip_lora_core.models.labels import token_loss_sum
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)

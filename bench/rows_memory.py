@@ -30,7 +30,7 @@ def _rss_mib(field: str) -> float:
 def child(mode: str, size: str) -> dict:
     """Build the model, set it up for mode, run one step; peak RSS and whether LoRA got gradients."""
     from blip_lora_core.lora.hooks import LoraConfig, inject_lora, lora_layers
-    from blip_lora_core.train.loop import token_loss_sum
+    from blip_lora_core.models.labels import token_loss_sum
 
     from . import rows_lora
     from .common import MEDIUM, TINY, large_random_model, small_bundle

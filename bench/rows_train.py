@@ -22,7 +22,8 @@ import torch
 
 from .common import MEDIUM, TINY, Row, large_model_dir, median, small_model_dir, synth_dataset, workdir
 
-HYPER = dict(lr=1e-4, weight_decay=0.01, grad_clip=1.0, r=16, alpha=32.0, dropout=0.05, warmup_steps=5)
+HYPER = dict(lr=1e-4, weight_decay=0.01, grad_clip=1.0, warmup_steps=5)
+LORA = dict(r=16, alpha=32.0, dropout=0.05)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def ours_images_per_s(model_dir: Path, data: Path, setup: Setup, seed: int) -> f
     config = load_config(None, dict(model=str(model_dir), train_file=str(data), output_dir=str(out),
                                     max_steps=setup.steps, num_workers=setup.ours_workers, progress=False, seed=seed,
                                     precision=setup.precision, batch_size=setup.batch_size,
-                                    grad_accum=setup.grad_accum, **HYPER))
+                                    grad_accum=setup.grad_accum, lora=LORA, **HYPER))
     logging.getLogger("blip_lora_core").setLevel(logging.WARNING)
     history = train(config).history
     first, last = history[setup.warm - 1], history[-1]
@@ -105,8 +106,8 @@ def plain_images_per_s(model_dir: Path, data: Path, setup: Setup, seed: int) -> 
     processor = BlipProcessor.from_pretrained(str(model_dir))
     model = BlipForConditionalGeneration.from_pretrained(str(model_dir))
     targets = find_targets(model, DEFAULT_TARGETS)
-    model = peft.get_peft_model(model, peft.LoraConfig(r=HYPER["r"], lora_alpha=HYPER["alpha"],
-                                                       lora_dropout=HYPER["dropout"], target_modules=targets))
+    model = peft.get_peft_model(model, peft.LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"],
+                                                       lora_dropout=LORA["dropout"], target_modules=targets))
     loader = torch.utils.data.DataLoader(_PlainDataset(data), batch_size=setup.batch_size, shuffle=True,
                                          num_workers=setup.plain_workers, collate_fn=_PlainCollate(processor))
     params = [p for p in model.parameters() if p.requires_grad]

@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> dict:
     check_vocabulary(base, sorted({s.text for s in train_samples + val}))
     targets = list(DEFAULT_TARGETS) + ([TEXT_QV] if args.text_qv else [])
     config = TrainConfig(model=str(base), train_file=str(train_file), val_file=str(val_file),
-                         output_dir=str(out / "run"), finetune="lora", targets=targets, r=args.r, alpha=args.alpha,
-                         dropout=0.0, lr=args.lr, epochs=args.epochs, batch_size=args.batch, grad_accum=1,
+                         output_dir=str(out / "run"), finetune="lora",
+                         lora=dict(targets=targets, r=args.r, alpha=args.alpha, dropout=0.0), lr=args.lr, epochs=args.epochs, batch_size=args.batch, grad_accum=1,
                          warmup_steps=args.warmup, precision="fp32", device="cpu", num_workers=args.workers,
                          group_references=True, max_new_tokens=settings.max_new_tokens, eval_batch_size=64,
                          seed=settings.seed, progress=not args.no_progress, augment=json.loads(args.augment))

@@ -31,7 +31,7 @@ def test_load_blip_patches_every_vision_attention(tiny_bundle):
 
 def test_sdpa_matches_eager_loss_and_lora_gradients(tiny_bundle, pixels):
     model = tiny_bundle.model
-    inject_lora(model, LoraConfig(r=4, alpha=8, targets=(r"vision_model\..*",)))
+    inject_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0, targets=(r"vision_model\..*",)))
     with torch.no_grad():  # B = 0 would hide the hooks from the comparison
         for name, param in model.named_parameters():
             if name.endswith("lora_B"):

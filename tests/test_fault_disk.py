@@ -122,7 +122,7 @@ def uninterrupted(tiny_model_dir, disk_data, tmp_path_factory):
 def _config(model_dir, data, out, **extra):
     return load_config(None, dict(model=str(model_dir), train_file=str(data), output_dir=str(out), batch_size=2,
                                   grad_accum=1, epochs=2, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0,
-                                  progress=False, r=4, alpha=8, dropout=0.1, seed=5, checkpoint_every=2, **extra))
+                                  progress=False, lora=dict(r=4, alpha=8, dropout=0.1), seed=5, checkpoint_every=2, **extra))
 
 
 def _argv(model_dir, data, out, *extra):

@@ -278,7 +278,9 @@ def test_checkpoint_whose_optimizer_state_does_not_fit_is_a_clear_error(checkpoi
 YAML_CASES = {
     "unknown key": ("lr: 0.1\nbatchsize: 3\n", "unknown setting(s) ['batchsize']"),
     "wrong type": ("epochs: three\n", "epochs must be int, got str 'three'"),
-    "float for int": ("r: 4.5\n", "r must be int"),
+    "float for int": ("lora: {r: 4.5}\n", "lora r must be a positive integer, got 4.5"),
+    "flat LoRA key": ("r: 4\n", "LoRA settings ['r'] belong under 'lora:'"),
+    "bad lora option": ("lora: {rank: 4}\n", "unknown lora option(s): rank"),
     "infinite lr": ("lr: .inf\n", "lr must be a finite number"),
     "not a mapping": ("- a\n- b\n", "must be a mapping"),
     "syntax": ("lr: [0.1\n", "cannot read YAML configuration (expected ',' or ']'"),

@@ -25,7 +25,7 @@ from blip_lora_core.train.config import load_config
 from faults import TEMP_NAME, WarmCli, cli_env, log_losses, same_adapter, temp_files
 
 SETTINGS = dict(batch_size=2, grad_accum=1, epochs=2, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0,
-                progress=False, r=4, alpha=8, dropout=0.1, seed=3, augment={"colour_jitter": 0.3},
+                progress=False, lora=dict(r=4, alpha=8, dropout=0.1), seed=3, augment={"colour_jitter": 0.3},
                 checkpoint_every=1)
 STEPS = 12  # 12 images, batch 2, 2 epochs
 SLOW_WRITE = "0.15"

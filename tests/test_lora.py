@@ -41,7 +41,7 @@ def test_hook_adds_scaled_low_rank_update_to_the_layer_output():
     layer = nn.Linear(6, 5)
     holder = nn.Sequential()
     holder.add_module("vision_model", nn.Sequential(layer))
-    inject_lora(holder, LoraConfig(r=2, alpha=3.0))
+    inject_lora(holder, LoraConfig(r=2, alpha=3.0, dropout=0.0))
     with torch.no_grad():
         layer.lora_B.copy_(torch.randn(5, 2))
     x = torch.randn(4, 3, 6)
@@ -85,7 +85,7 @@ def test_fp32_adapter_on_a_bf16_layer_runs_without_autocast():
     layer = nn.Linear(8, 4).to(torch.bfloat16)
     holder = nn.Sequential()
     holder.add_module("vision_model", nn.Sequential(layer))
-    inject_lora(holder, LoraConfig(r=2, alpha=2.0), dtype=torch.float32)
+    inject_lora(holder, LoraConfig(r=2, alpha=2.0, dropout=0.0), dtype=torch.float32)
     assert layer.lora_A.dtype == layer.lora_B.dtype == torch.float32
     with torch.no_grad():
         layer.lora_B.copy_(torch.randn(4, 2))
@@ -253,7 +253,7 @@ def test_hooks_compile_with_torch_compile(tiny_bundle):
     torch._dynamo.reset()
     holder = nn.Sequential()
     holder.add_module("vision_model", nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 4)))
-    inject_lora(holder, LoraConfig(r=2))
+    inject_lora(holder, LoraConfig(r=2, dropout=0.0))
     _randomise_b(holder)
     x = torch.randn(3, 8)
     eager = holder(x)

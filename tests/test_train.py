@@ -30,8 +30,8 @@ def synth_data(tmp_path_factory) -> Path:
 
 def _config(model_dir, data, out, **overrides):
     values = dict(model=str(model_dir), train_file=str(data), output_dir=str(out), batch_size=2, grad_accum=1,
-                  epochs=1, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0, progress=False, r=4,
-                  alpha=8, dropout=0.0, seed=3, max_new_tokens=5)
+                  epochs=1, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0, progress=False,
+                  lora=dict(r=4, alpha=8, dropout=0.0), seed=3, max_new_tokens=5)
     values.update(overrides)
     return load_config(None, values)
 
@@ -57,7 +57,7 @@ def test_schedule_warms_up_linearly_then_reaches_the_floor_at_the_last_step():
 
 def test_yaml_defaults_match_the_original_project():
     config = load_config(REPO / "config" / "train.yaml")
-    assert (config.batch_size, config.grad_accum, config.lr, config.r, config.alpha, config.dropout,
+    assert (config.batch_size, config.grad_accum, config.lr, config.lora.r, config.lora.alpha, config.lora.dropout,
             config.warmup_steps, config.precision) == (2, 4, 1e-4, 16, 32.0, 0.05, 100, "fp16")
     assert config.model == "Salesforce/blip-image-captioning-large"
 
@@ -77,12 +77,28 @@ def test_unknown_key_and_wrong_type_name_the_file(tmp_path):
         load_config(None, {"precision": "fp8"})
 
 
+def test_lora_and_augment_settings_are_their_own_configs_and_round_trip(tmp_path):
+    from blip_lora_core import LoraConfig
+    from blip_lora_core.train.augment import AugmentConfig
+
+    config = load_config(REPO / "config" / "train.yaml", {"lora.r": 4, "lora.targets": [r".*\.fc1"], "augment.hflip": True})
+    assert isinstance(config.lora, LoraConfig) and isinstance(config.augment, AugmentConfig)
+    assert (config.lora.r, config.lora.alpha, config.lora.targets) == (4, 32.0, (r".*\.fc1",))
+    assert config.augment.hflip and config.augment.colour_jitter == 0.2  # the file's other augment values stay
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config.to_yaml())
+    assert load_config(saved) == config
+    assert load_config(None).lora == LoraConfig()  # one set of LoRA defaults
+    with pytest.raises(ConfigError, match=r"unknown lora option\(s\): rank"):
+        load_config(None, {"lora.rank": 4})
+
+
 # -- the loop ------------------------------------------------------------------------------------
 
 def test_lora_training_lowers_the_loss_and_writes_everything(tiny_model_dir, synth_data, tmp_path):
     targets = [r"vision_model\..*", r"text_decoder\..*\.(query|value)"]
-    result = train(_config(tiny_model_dir, synth_data, tmp_path / "run", epochs=3, val_file=str(synth_data), alpha=32,
-                           targets=targets, lr=2e-2))
+    result = train(_config(tiny_model_dir, synth_data, tmp_path / "run", epochs=3, val_file=str(synth_data),
+                           lora=dict(r=4, alpha=32, dropout=0.0, targets=targets), lr=2e-2))
     losses = [row["loss"] for row in result.history]
     assert len(losses) == 3 * 6 and sum(losses[-4:]) < 0.95 * sum(losses[:4])
     names = {p.name for p in (tmp_path / "run").iterdir()}
@@ -92,7 +108,7 @@ def test_lora_training_lowers_the_loss_and_writes_everything(tiny_model_dir, syn
     assert result.adapter.read_bytes() == (tmp_path / "run" / "best.safetensors").read_bytes()
     assert set(result.best) >= {"exact_match", "bleu4", "cider", "step"}
     saved = load_config(tmp_path / "run" / "config.yaml")
-    assert saved.train_file == str(synth_data) and saved.r == 4
+    assert saved.train_file == str(synth_data) and saved.lora.r == 4 and list(saved.lora.targets) == targets
     info, _ = read_adapter(result.adapter)
     assert info.base_model == str(tiny_model_dir) and info.config.r == 4
 
@@ -108,7 +124,7 @@ def test_accumulating_4_x_batch_1_equals_batch_4(tiny_model_dir, synth_data, tmp
 
 
 def test_resume_ends_with_the_same_adapter(tiny_model_dir, synth_data, tmp_path):
-    settings = dict(epochs=3, checkpoint_every=4, dropout=0.1, augment={"colour_jitter": 0.3})
+    settings = dict(epochs=3, checkpoint_every=4, lora=dict(r=4, alpha=8, dropout=0.1), augment={"colour_jitter": 0.3})
     full = train(_config(tiny_model_dir, synth_data, tmp_path / "full", **settings))
     from blip_lora_core.train.checkpoint import latest_checkpoint
 
@@ -127,8 +143,8 @@ def _run_until(config, stop_after: int) -> None:
 
     original = train_module._log_row
 
-    def counting(step, *args, **kwargs):
-        row = original(step, *args, **kwargs)
+    def counting(run, step, *args, **kwargs):
+        row = original(run, step, *args, **kwargs)
         if step == stop_after:
             raise SystemExit("killed")
         return row
@@ -211,8 +227,8 @@ def test_ddp_two_processes_on_gloo_equal_one_process_with_twice_the_batch(tiny_m
 
 def _ddp_overrides(model_dir, data, out):
     return dict(model=str(model_dir), train_file=str(data), output_dir=str(out), batch_size=1, grad_accum=1,
-                max_steps=3, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0, progress=False, r=4,
-                alpha=8, dropout=0.0, seed=3, device="cpu")
+                max_steps=3, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0, progress=False,
+                lora=dict(r=4, alpha=8, dropout=0.0), seed=3, device="cpu")
 
 
 def test_grouped_references_include_phrasings_from_the_training_rows(monkeypatch, tmp_path):

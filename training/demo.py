@@ -30,6 +30,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from blip_lora_core.lora.adapter_io import load_adapter  # noqa: E402
+from blip_lora_core.lora.hooks import LoraConfig  # noqa: E402
 from blip_lora_core.train.data import Sample, read_jsonl  # noqa: E402
 from blip_lora_core.train.gallery import GalleryRow, write_gallery  # noqa: E402
 from blip_lora_core.train.metrics import caption_metrics  # noqa: E402
@@ -135,7 +136,7 @@ def _captions(settings: DemoSettings) -> list[str]:
 def _config(settings: DemoSettings, **values) -> TrainConfig:
     common = dict(precision="fp32", device="cpu", num_workers=settings.num_workers, grad_accum=1,
                   seed=settings.seed, max_new_tokens=settings.max_new_tokens, eval_batch_size=settings.eval_batch,
-                  progress=settings.progress, dropout=0.0, checkpoint_every=0)
+                  progress=settings.progress, checkpoint_every=0)
     return TrainConfig(**{**common, **values})
 
 
@@ -215,7 +216,7 @@ def lora_finetune(out: str | Path, model: Path, train_file: Path, settings: Demo
     run = Path(out) / "lora"
     shutil.rmtree(run, ignore_errors=True)
     config = _config(settings, model=str(model), train_file=str(train_file), output_dir=str(run), finetune="lora",
-                     r=settings.lora_r, alpha=settings.lora_alpha, lr=settings.lora_lr,
+                     lora=LoraConfig(r=settings.lora_r, alpha=settings.lora_alpha, dropout=0.0), lr=settings.lora_lr,
                      epochs=settings.lora_epochs, batch_size=settings.lora_batch, warmup_steps=settings.lora_warmup,
                      augment=dict(settings.lora_augment))
     return train(config).adapter

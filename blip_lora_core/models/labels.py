@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
@@ -83,3 +84,20 @@ def generation_prompt(tokenizer: PreTrainedTokenizerBase, spec: TokenSpec, promp
 def strip_prompt(generated: torch.Tensor, prompt_length: int) -> torch.Tensor:
     """Drop [DEC] and the prompt's tokens from generate()'s output (B, T) -> (B, T - 1 - prompt_length)."""
     return generated[:, 1 + prompt_length:]
+
+
+def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
+    """Sum over label tokens of the next-token cross-entropy: logits (B, T-1, V) vs labels (B, T-1).
+
+    batch: pixel_values (B, 3, H, W), input_ids, attention_mask and labels (B, T) as CaptionCollator makes them.
+    """
+    logits = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                   attention_mask=batch["attention_mask"]).logits
+    logits, labels = logits[:, :-1], batch["labels"][:, 1:]
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                       ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing)
+
+
+def label_token_count(batch: dict[str, torch.Tensor]) -> int:
+    """The number of label tokens token_loss_sum sums over."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

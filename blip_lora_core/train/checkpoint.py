@@ -121,6 +121,17 @@ def _assemble(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> Check
     return Checkpoint(meta["step"], params, optimizer, meta["scaler"], rng, path, meta.get("extra", {}))
 
 
+def checkpoint_paths(folder: Path) -> list[Path]:
+    """The checkpoint files in folder, oldest step first."""
+    return [path for _, path in sorted(_checkpoints(folder))]
+
+
+def newest_checkpoint_name(folder: Path) -> str:
+    """The newest checkpoint file's path, for messages ("none written yet" when there is none)."""
+    paths = checkpoint_paths(folder)
+    return str(paths[-1]) if paths else "none written yet"
+
+
 def latest_checkpoint(folder: Path) -> Checkpoint | None:
     """The newest readable checkpoint in folder (an unreadable newer one is skipped with a warning)."""
     for _, path in sorted(_checkpoints(folder), reverse=True):

@@ -1,4 +1,8 @@
-"""Training configuration: one typed dataclass, filled from YAML and command-line overrides, validated."""
+"""Training configuration: one typed dataclass, filled from YAML and command-line overrides, validated.
+
+LoRA settings are a nested ``LoraConfig`` (YAML ``lora:``) and augmentation a nested ``AugmentConfig``
+(YAML ``augment:``): each concern's fields and defaults are defined once, by its own class.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import yaml
 
 from .augment import AugmentConfig
 from ..errors import ConfigError
-from ..lora.hooks import DEFAULT_TARGETS, LoraConfig
+from ..lora.hooks import LoraConfig
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 FINETUNE_MODES = ("lora", "full")
@@ -37,12 +41,7 @@ class TrainConfig:
     prompt: str = ""
     skip_bad: bool = False
     finetune: str = "lora"
-    # LoRA
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    rslora: bool = False
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    lora: LoraConfig = field(default_factory=LoraConfig)
     # optimisation
     epochs: int = 4
     max_steps: int = 0
@@ -58,7 +57,7 @@ class TrainConfig:
     seed: int = 42
     device: str = ""
     num_workers: int = 2
-    augment: dict = field(default_factory=dict)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # evaluation and checkpoints
     eval_every: int = 0
     group_references: bool = False
@@ -69,7 +68,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.targets = list(self.targets)
+        if not isinstance(self.lora, LoraConfig):
+            self.lora = _nested("lora", LoraConfig.from_dict, self.lora)
+        if not isinstance(self.augment, AugmentConfig):
+            self.augment = _nested("augment", AugmentConfig.from_dict, self.augment)
         _check_types(self)
         checks = [
             (self.finetune in FINETUNE_MODES, f"finetune must be one of {FINETUNE_MODES}"),
@@ -86,15 +88,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        self.lora_config()  # validates r, alpha, dropout, targets
-        AugmentConfig.from_dict(self.augment)
-
-    def lora_config(self) -> LoraConfig:
-        return LoraConfig(r=self.r, alpha=self.alpha, dropout=self.dropout, rslora=self.rslora,
-                          targets=tuple(self.targets))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "lora": self.lora.to_dict(), "augment": dataclasses.asdict(self.augment)}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -115,23 +111,42 @@ def _check_types(config: TrainConfig) -> None:
         if isinstance(value, bool) and expected is not bool or not isinstance(value, origin):
             raise ConfigError(f"{f.name} must be {getattr(expected, '__name__', expected)}, "
                               f"got {type(value).__name__} {_SHORT.repr(value)}")
-    if not all(isinstance(t, str) for t in config.targets):
-        raise ConfigError("targets must be a list of strings")
+
+
+def _nested(name: str, build, values: Any):
+    """A nested config from a mapping (None: its defaults), with errors naming the section."""
+    try:
+        return build({} if values is None else values)
+    except TypeError as error:  # a wrong type the nested class did not name
+        raise ConfigError(f"{name}: {error}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the YAML file's values, then overrides (None values ignored); validated.
 
+    Overrides of nested settings use dotted names: ``{"lora.r": 4, "augment.hflip": True}``.
     Unknown keys and wrong types raise ConfigError naming the file and the key.
     """
     values: dict[str, Any] = {}
     if path:
         values.update(_read_yaml(Path(path)))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"{path or 'overrides'}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        moved = sorted(set(unknown) & {f.name for f in dataclasses.fields(LoraConfig)})
+        hint = f" (LoRA settings {moved} belong under 'lora:')" if moved else ""
+        raise ConfigError(f"{path}: unknown setting(s) {unknown}{hint}; known: {sorted(known)}")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, name = key.rpartition(".")
+        if section not in ("", "lora", "augment") or (not section and name not in known):
+            raise ConfigError(f"overrides: unknown setting {key!r}; known: {sorted(known)}")
+        if section:
+            nested = values.get(section)
+            values[section] = {**(nested if isinstance(nested, dict) else {}), name: value}
+        else:
+            values[name] = value
     try:
         return TrainConfig(**values)
     except ConfigError as error:

@@ -9,8 +9,6 @@ bit for bit; validation keeps the best adapter.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -26,25 +24,24 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ..lora.adapter_io import adapter_filename, save_adapter
 from ..atomic import atomic_write_bytes, atomic_write_text
-from .augment import AugmentConfig, build_augment
-from .batches import CaptionCollator, MicroBatchStream
-from ..models.captioning import Captioner
-from .checkpoint import latest_checkpoint, save_checkpoint, set_rng_state
-from .data import ImageCaptionDataset, Sample, read_jsonl, split_by_order
 from ..errors import BlipLoraError, ConfigError, DataError, TrainingError
-from ..models.labels import IGNORE_INDEX, TokenSpec
+from ..lora.adapter_io import adapter_filename, save_adapter
 from ..lora.hooks import inject_lora, trainable_parameters
-from .metrics import caption_metrics, references_by_class
+from ..models.captioning import Captioner
+from ..models.labels import TokenSpec, label_token_count, token_loss_sum
 from ..models.loading import BlipBundle, load_blip, save_bundle
+from .augment import build_augment
+from .batches import CaptionCollator, MicroBatchStream
+from .checkpoint import checkpoint_paths, latest_checkpoint, newest_checkpoint_name, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .data import ImageCaptionDataset, Sample, read_jsonl, split_by_order
+from .logs import EVAL_FIELDS, EVAL_LOG, LOG_FIELDS, TRAIN_LOG, append_row, plot_loss, trim_logs
+from .metrics import caption_metrics, references_by_class
 from .precision import autocast, device_precision, store_frozen_matmul_weights
 from .schedule import lr_factor
-from .config import TrainConfig
 
 log = logging.getLogger(__name__)
-LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "images_per_s", "elapsed_s"]
-EVAL_FIELDS = ["step", "exact_match", "bleu4", "cider", "count"]
 
 
 @dataclass
@@ -133,15 +130,6 @@ def _optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> t
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999))
 
 
-def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float) -> torch.Tensor:
-    """Sum over label tokens of the next-token cross-entropy: logits (B, T-1, V) vs labels (B, T-1)."""
-    logits = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
-                   attention_mask=batch["attention_mask"]).logits
-    logits, labels = logits[:, :-1], batch["labels"][:, 1:]
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                       ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing)
-
-
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -198,6 +186,30 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+@dataclass
+class _Run:
+    """What one training run's helpers share: set up once by train(), read top to bottom."""
+
+    config: TrainConfig
+    ctx: _Dist
+    out: Path
+    bundle: BlipBundle
+    params: dict[str, nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    total_steps: int
+    val_samples: list[Sample]
+    pool: list[Sample]
+    result: TrainResult
+    start_step: int = 0
+    began: float = field(default_factory=time.perf_counter)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.bundle.model
+
+
 def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Fine-tune config.model on config.train_file; writes adapter(s), logs and checkpoints to output_dir."""
     ctx = _init_distributed(config)
@@ -209,196 +221,173 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     bundle = load_blip(config.model, dtype="fp32", device=str(ctx.device), revision=config.revision or None)
     model = bundle.model
     if config.finetune == "lora":
-        inject_lora(model, config.lora_config(), dtype=torch.float32)
+        inject_lora(model, config.lora, dtype=torch.float32)
         store_frozen_matmul_weights(model, config.precision)
     if ctx.main:
         log.info("%s", trainable_parameters(model))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
 
-    augment = build_augment(AugmentConfig.from_dict(config.augment))
-    dataset = ImageCaptionDataset(train_samples, bundle.preprocess, augment, seed=config.seed)
+    dataset = ImageCaptionDataset(train_samples, bundle.preprocess, build_augment(config.augment), seed=config.seed)
     collate = CaptionCollator(bundle.tokenizer, TokenSpec.from_model(model), config.prompt)
     stream = MicroBatchStream(dataset, config.batch_size, collate, seed=config.seed, rank=ctx.rank,
                               world=ctx.world, num_workers=config.num_workers)
     steps_per_epoch = math.ceil(stream.per_epoch / config.grad_accum)
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
-
-    optimizer = _optimizer(model, config, ctx.device)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.precision == "fp16")
-    start_step, best = 0, {}
+    run = _Run(config, ctx, out, bundle, params, _optimizer(model, config, ctx.device),
+               torch.amp.GradScaler(ctx.device.type, enabled=config.precision == "fp16"), steps_per_epoch,
+               config.max_steps or config.epochs * steps_per_epoch, val_samples, train_samples + val_samples,
+               TrainResult(out))
     if resume:
-        start_step, best = _restore(out / "checkpoints", params, optimizer, scaler)
+        run.start_step, run.result.best = _restore(run)
     ddp = nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else None
-    forward_model = ddp or model
 
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", config.to_yaml())
         if resume:
-            _trim_logs(out, start_step)
-    result = TrainResult(out, best=best)
-    batches = stream.iterate(start_step * config.grad_accum)
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (config.progress and ctx.main),
+            trim_logs(out, run.start_step)
+    batches = stream.iterate(run.start_step * config.grad_accum)
+    bar = tqdm(total=run.total_steps, initial=run.start_step, disable=not (config.progress and ctx.main),
                desc="train", dynamic_ncols=True)
-    began = time.perf_counter()
     model.train()
     with _StopFlag() as interrupt:
-        for step in range(start_step, total_steps):
-            lr = config.lr * _lr(step, total_steps, config)
-            for group in optimizer.param_groups:
+        for step in range(run.start_step, run.total_steps):
+            lr = config.lr * lr_factor(step, run.total_steps, config.warmup_steps, config.min_lr_ratio)
+            for group in run.optimizer.param_groups:
                 group["lr"] = lr
             window = [_to_device(next(batches), ctx.device) for _ in range(config.grad_accum)]
-            tokens = torch.tensor(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window))
-            if ddp:
-                dist.all_reduce(tokens)
-            loss_sum = 0.0
-            for index, batch in enumerate(window):
-                syncing = ddp is None or index == len(window) - 1
-                with (nullcontext() if syncing else ddp.no_sync()), autocast(config.precision, ctx.device):
-                    summed = token_loss_sum(forward_model, batch, config.label_smoothing)
-                if not torch.isfinite(summed):
-                    raise TrainingError(
-                        f"loss is {summed.item()} at step {step + 1} (epoch {step // steps_per_epoch + 1}); "
-                        f"training stopped. Last good checkpoint: {_latest_name(out)}. Lower the learning "
-                        f"rate or use bf16/fp32.")
-                scaler.scale(summed * ctx.world / tokens.item()).backward()
-                loss_sum += summed.item()
-            grad_norm = _clip(params, optimizer, scaler, config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            loss_sum, tokens = _accumulate(run, ddp, window, step)
+            grad_norm = _clip(run)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.optimizer.zero_grad(set_to_none=True)
 
             done = step + 1
-            row = _log_row(done, done / steps_per_epoch, loss_sum, tokens, lr, grad_norm, window, ctx,
-                           time.perf_counter() - began, start_step)
-            result.history.append(row)
+            row = _log_row(run, done, loss_sum, tokens, lr, grad_norm, window)
+            run.result.history.append(row)
             if ctx.main:
-                _append_csv(out / "train_log.csv", row, LOG_FIELDS)
+                append_row(out / TRAIN_LOG, row, LOG_FIELDS)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
-            if val_samples and _eval_due(done, total_steps, steps_per_epoch, config):
-                best = _validate(bundle, val_samples, config, ctx, out, done, best,
-                                 pool=train_samples + val_samples)
-                result.best = best
+            if val_samples and _eval_due(run, done):
+                _validate(run, done)
             due = bool(config.checkpoint_every) and done % config.checkpoint_every == 0
-            if (due or interrupt.stop) and done < total_steps:  # Ctrl-C saves even with checkpoint_every 0
-                _checkpoint(out, done, params, optimizer, scaler, config, ctx, best)
-            if interrupt.stop and done < total_steps:  # after the last step, finish and write the adapter
+            if (due or interrupt.stop) and done < run.total_steps:  # Ctrl-C saves even with checkpoint_every 0
+                _checkpoint(run, done)
+            if interrupt.stop and done < run.total_steps:  # after the last step, finish and write the adapter
                 bar.close()
                 raise KeyboardInterrupt(f"stopped after step {done}; resume with --resume")
     bar.close()
-    result.steps = total_steps
+    run.result.steps = run.total_steps
     if ctx.main:
-        _finish(result, bundle, config, total_steps, steps_per_epoch)
+        _finish(run)
     if ddp:
         dist.barrier()
-    return result
+    return run.result
 
 
-def _lr(step: int, total_steps: int, config: TrainConfig) -> float:
-    return lr_factor(step, total_steps, config.warmup_steps, config.min_lr_ratio)
+def _accumulate(run: _Run, ddp: nn.parallel.DistributedDataParallel | None, window: list[dict],
+                step: int) -> tuple[float, torch.Tensor]:
+    """Backward over the window's micro-batches, each loss divided by the step's label-token count.
+
+    Returns the summed token loss of this rank and the token count of all ranks.
+    """
+    tokens = torch.tensor(sum(label_token_count(b) for b in window))
+    if ddp:
+        dist.all_reduce(tokens)
+    loss_sum = 0.0
+    for index, batch in enumerate(window):
+        syncing = ddp is None or index == len(window) - 1
+        with (nullcontext() if syncing else ddp.no_sync()), autocast(run.config.precision, run.ctx.device):
+            summed = token_loss_sum(ddp or run.model, batch, run.config.label_smoothing)
+        if not torch.isfinite(summed):
+            raise TrainingError(
+                f"loss is {summed.item()} at step {step + 1} (epoch {step // run.steps_per_epoch + 1}); "
+                f"training stopped. Last good checkpoint: {newest_checkpoint_name(run.out / 'checkpoints')}. "
+                f"Lower the learning rate or use bf16/fp32.")
+        run.scaler.scale(summed * run.ctx.world / tokens.item()).backward()
+        loss_sum += summed.item()
+    return loss_sum, tokens
 
 
-def _clip(params: dict[str, nn.Parameter], optimizer, scaler, max_norm: float) -> float:
-    scaler.unscale_(optimizer)
-    grads = [p for p in params.values() if p.grad is not None]
-    if max_norm > 0:
-        return float(nn.utils.clip_grad_norm_(grads, max_norm))
+def _clip(run: _Run) -> float:
+    """Unscale, clip to config.grad_clip (0: no clipping); returns the gradient norm before clipping."""
+    run.scaler.unscale_(run.optimizer)
+    grads = [p for p in run.params.values() if p.grad is not None]
+    if run.config.grad_clip > 0:
+        return float(nn.utils.clip_grad_norm_(grads, run.config.grad_clip))
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.grad) for g in grads])))
 
 
-def _log_row(step, epoch, loss_sum, tokens, lr, grad_norm, window, ctx, elapsed, start_step) -> dict:
-    images = sum(len(b["pixel_values"]) for b in window) * ctx.world
+def _log_row(run: _Run, step: int, loss_sum: float, tokens: torch.Tensor, lr: float, grad_norm: float,
+             window: list[dict]) -> dict:
+    images = sum(len(b["pixel_values"]) for b in window) * run.ctx.world
     loss = torch.tensor(loss_sum)
-    if ctx.world > 1:
+    if run.ctx.world > 1:
         dist.all_reduce(loss)
-    return {"step": step, "epoch": round(epoch, 4), "loss": float(loss) / max(int(tokens), 1), "lr": lr,
-            "grad_norm": grad_norm, "tokens": int(tokens),
-            "images_per_s": images * (step - start_step) / max(elapsed, 1e-9), "elapsed_s": round(elapsed, 3)}
+    elapsed = time.perf_counter() - run.began
+    return {"step": step, "epoch": round(step / run.steps_per_epoch, 4), "loss": float(loss) / max(int(tokens), 1),
+            "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens),
+            "images_per_s": images * (step - run.start_step) / max(elapsed, 1e-9), "elapsed_s": round(elapsed, 3)}
 
 
-def _append_csv(path: Path, row: dict, fields: list[str]) -> None:
-    new = not path.exists()
-    try:
-        with open(path, "a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-    except OSError as error:
-        raise TrainingError(f"could not write {path}: {error.strerror or error}") from error
+def _eval_due(run: _Run, done: int) -> bool:
+    every = run.config.eval_every or run.steps_per_epoch
+    return done % every == 0 or done == run.total_steps
 
 
-def _trim_logs(out: Path, step: int) -> None:
-    """On resume: keep the logs' whole rows up to the checkpoint's step (a kill leaves later or torn rows)."""
-    for path, fields in ((out / "train_log.csv", LOG_FIELDS), (out / "eval_log.csv", EVAL_FIELDS)):
-        if not path.exists():
-            continue
-        rows = list(csv.reader(path.read_text(encoding="utf-8", errors="replace").replace("\0", "").splitlines()))
-        kept = [r for r in rows[1:] if len(r) == len(fields) and r[0].isdigit() and int(r[0]) <= step]
-        buffer = io.StringIO()
-        csv.writer(buffer).writerows([fields, *kept])
-        atomic_write_text(path, buffer.getvalue())
-
-
-def _eval_due(done: int, total: int, steps_per_epoch: int, config: TrainConfig) -> bool:
-    every = config.eval_every or steps_per_epoch
-    return done % every == 0 or done == total
-
-
-def _validate(bundle, val_samples, config, ctx, out, step, best, pool=None) -> dict:
-    if ctx.main:
-        with autocast(config.precision, ctx.device):
-            metrics = evaluate(bundle, val_samples, config, pool)
+def _validate(run: _Run, step: int) -> None:
+    """Score the validation set; keep best.safetensors when it improves; every rank learns the best."""
+    config, best = run.config, run.result.best
+    if run.ctx.main:
+        with autocast(config.precision, run.ctx.device):
+            metrics = evaluate(run.bundle, run.val_samples, config, run.pool)
         metrics["step"] = step
         log.info("validation at step %d: exact match %.3f, BLEU-4 %.3f, CIDEr %.3f", step,
                  metrics["exact_match"], metrics["bleu4"], metrics["cider"])
-        _append_csv(out / "eval_log.csv", metrics, EVAL_FIELDS)
+        append_row(run.out / EVAL_LOG, metrics, EVAL_FIELDS)
         if config.finetune == "lora" and _better(metrics, best):
             best = metrics
-            _save_adapter(bundle, config, out / "best.safetensors", extra={"step": step, "metrics": metrics})
-    if ctx.world > 1:
+            _save_adapter(run, run.out / "best.safetensors", extra={"step": step, "metrics": metrics})
+    if run.ctx.world > 1:
         shared = [best]
         dist.broadcast_object_list(shared, src=0)
         best = shared[0]
-    return best
+    run.result.best = best
 
 
-def _save_adapter(bundle: BlipBundle, config: TrainConfig, path: Path, extra: dict) -> Path:
-    return save_adapter(bundle.model, path, config=config.lora_config(), base_model=config.model,
+def _save_adapter(run: _Run, path: Path, extra: dict) -> Path:
+    config = run.config
+    return save_adapter(run.model, path, config=config.lora, base_model=config.model,
                         base_revision=config.revision, extra={**extra, "prompt": config.prompt})
 
 
-def _checkpoint(out, step, params, optimizer, scaler, config, ctx, best) -> None:
-    if ctx.main:
-        save_checkpoint(out / "checkpoints", step, params, optimizer, scaler.state_dict(),
-                        keep=config.keep_checkpoints, extra={"best": best})
-    if ctx.world > 1:
+def _checkpoint(run: _Run, step: int) -> None:
+    if run.ctx.main:
+        save_checkpoint(run.out / "checkpoints", step, run.params, run.optimizer, run.scaler.state_dict(),
+                        keep=run.config.keep_checkpoints, extra={"best": run.result.best})
+    if run.ctx.world > 1:
         dist.barrier()
 
 
-def _latest_name(out: Path) -> str:
-    found = sorted((out / "checkpoints").glob("step_*.safetensors")) if (out / "checkpoints").is_dir() else []
-    return str(found[-1]) if found else "none written yet"
-
-
-def _restore(folder: Path, params, optimizer, scaler) -> tuple[int, dict]:
+def _restore(run: _Run) -> tuple[int, dict]:
+    """Parameters, optimizer, scaler and RNG from the newest readable checkpoint; (step, best metrics)."""
+    folder = run.out / "checkpoints"
     checkpoint = latest_checkpoint(folder)
     if checkpoint is None:
-        found = sorted(folder.glob("step_*.safetensors")) if folder.is_dir() else []
+        found = checkpoint_paths(folder)
         if found:
             raise TrainingError(f"{folder}: none of the {len(found)} checkpoint(s) can be read (see the warnings "
                                 f"above); move them away to start from step 0")
         log.warning("no checkpoint in %s: starting from step 0", folder)
         return 0, {}
-    _check_fits(checkpoint, params)
+    _check_fits(checkpoint, run.params)
     try:
         with torch.no_grad():
-            for name, param in params.items():
+            for name, param in run.params.items():
                 param.copy_(checkpoint.params[name])
-        optimizer.load_state_dict(checkpoint.optimizer)
+        run.optimizer.load_state_dict(checkpoint.optimizer)
         if checkpoint.scaler:
-            scaler.load_state_dict(checkpoint.scaler)
+            run.scaler.load_state_dict(checkpoint.scaler)
         set_rng_state(checkpoint.rng)
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
         raise TrainingError(f"{checkpoint.path}: cannot resume from this checkpoint ({str(error)[:200]})") from None
@@ -418,47 +407,18 @@ def _check_fits(checkpoint, params: dict[str, nn.Parameter]) -> None:
                                 f"but {tuple(param.shape)} in this run (were r, targets or the model changed?)")
 
 
-def _finish(result: TrainResult, bundle: BlipBundle, config: TrainConfig, total_steps: int,
-            steps_per_epoch: int) -> None:
-    out = result.output_dir
+def _finish(run: _Run) -> None:
+    """The final adapter (best if validated, else last) under its descriptive name, or the full model."""
+    out, config, result = run.out, run.config, run.result
     if config.finetune == "full":
-        result.model_dir = save_bundle(bundle, out / "model")
+        result.model_dir = save_bundle(run.bundle, out / "model")
     else:
-        last = _save_adapter(bundle, config, out / "last.safetensors", extra={"step": total_steps})
+        last = _save_adapter(run, out / "last.safetensors", extra={"step": run.total_steps})
         chosen = out / "best.safetensors" if (out / "best.safetensors").exists() else last
-        epochs = math.ceil(total_steps / steps_per_epoch)
-        named = out / adapter_filename(config.lora_config(), batch_size=config.batch_size, epochs=epochs, lr=config.lr)
+        epochs = math.ceil(run.total_steps / run.steps_per_epoch)
+        named = out / adapter_filename(config.lora, batch_size=config.batch_size, epochs=epochs, lr=config.lr)
         result.adapter = atomic_write_bytes(named, chosen.read_bytes())
     try:
-        plot_loss(out / "train_log.csv", out / "loss_curve.png")
+        plot_loss(out / TRAIN_LOG, out / "loss_curve.png")
     except BlipLoraError as error:  # the run itself is complete and saved
         log.warning("%s; the loss curve is missing", error)
-
-
-def plot_loss(csv_path: Path, png_path: Path) -> None:
-    """Loss per step (and its moving average) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    steps = [int(r["step"]) for r in rows]
-    losses = np.array([float(r["loss"]) for r in rows])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, losses, alpha=0.4, label="loss")
-    if len(losses) >= 10:
-        window = max(len(losses) // 20, 5)
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, label=f"mean of {window}")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("token cross-entropy")
-    ax.legend()
-    fig.tight_layout()
-    image = io.BytesIO()
-    try:
-        fig.savefig(image, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(png_path, image.getvalue())

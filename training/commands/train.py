@@ -17,9 +17,9 @@ _OPTIONS = [
     ("--out", "output_dir", str, "output folder: adapters, logs, checkpoints"),
     ("--prompt", "prompt", str, "text prompt trained in front of every caption (masked from the loss)"),
     ("--finetune", "finetune", str, f"what to train: {' or '.join(FINETUNE_MODES)}"),
-    ("--r", "r", int, "LoRA rank"),
-    ("--alpha", "alpha", float, "LoRA alpha (scaling = alpha / r)"),
-    ("--dropout", "dropout", float, "dropout on the LoRA branch"),
+    ("--r", "lora.r", int, "LoRA rank"),
+    ("--alpha", "lora.alpha", float, "LoRA alpha (scaling = alpha / r)"),
+    ("--dropout", "lora.dropout", float, "dropout on the LoRA branch"),
     ("--epochs", "epochs", int, "number of epochs"),
     ("--max-steps", "max_steps", int, "optimizer steps (overrides epochs when > 0)"),
     ("--batch-size", "batch_size", int, "images per micro-batch (per GPU)"),
@@ -46,9 +46,10 @@ def register(subparsers) -> None:
     parser.add_argument("--config", help="YAML file of training settings (see config/train.yaml)")
     for flag, dest, kind, text in _OPTIONS:
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=text)
-    parser.add_argument("--targets", nargs="+", default=None, metavar="REGEX",
+    parser.add_argument("--targets", dest="lora.targets", nargs="+", default=None, metavar="REGEX",
                         help="module-name patterns of the nn.Linear layers to adapt")
-    parser.add_argument("--rslora", action="store_true", default=None, help="scale by alpha / sqrt(r)")
+    parser.add_argument("--rslora", dest="lora.rslora", action="store_true", default=None,
+                        help="scale by alpha / sqrt(r)")
     parser.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
                         help="skip and report bad dataset lines instead of stopping")
     parser.add_argument("--group-references", dest="group_references", action="store_true", default=None,
@@ -60,7 +61,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = [dest for _, dest, _, _ in _OPTIONS] + ["targets", "rslora", "skip_bad", "group_references", "progress"]
+    names = [dest for _, dest, _, _ in _OPTIONS] + ["lora.targets", "lora.rslora", "skip_bad", "group_references",
+                                                    "progress"]
     config = load_config(args.config, {name: getattr(args, name) for name in names})
     result = train(config, resume=args.resume)
     if result.adapter:

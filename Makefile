@@ -11,13 +11,24 @@ PYTEST_ARGS ?=
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
+# Other supported transformers lines, each in a folder of its own that tests/test_compat.py puts first
+# on PYTHONPATH (the venv keeps its own transformers).
+TRANSFORMERS_LINES ?= 4.57.6 5.17.0
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-test: $(VENV)/.installed
+$(VENV)/.transformers-lines: $(VENV)/.installed Makefile
+	for v in $(TRANSFORMERS_LINES); do \
+	  test -d $(VENV)/transformers-lines/$$v/transformers || \
+	  $(BIN)/python -m pip install -q --no-warn-conflicts --target $(VENV)/transformers-lines/$$v "transformers==$$v" || exit 1; \
+	done
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.transformers-lines
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed

@@ -265,7 +265,7 @@ def _train_step(model, batch, optimizer, autocast, plain: bool):
 def train_rows(bundle, args, notes: list[str]) -> list[Row]:
     from . import rows_lora
 
-    from blip_lora_core.models.attention import use_eager_attention
+    from blip_lora_core._compat import use_eager_attention
     from blip_lora_core.train.precision import store_frozen_matmul_weights
 
     device = torch.device(args.device)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from blip_lora_core.models.attention import use_fast_attention
+from blip_lora_core._compat import use_fast_attention
 from blip_lora_core.lora.hooks import LoraConfig, find_targets, inject_lora, lora_layers
 from blip_lora_core.models.loading import build_on_meta
 

@@ -361,3 +361,44 @@ def test_only_the_lora_subpackage_touches_a_layers_lora_state():
     offenders = [str(p.relative_to(root)) for p in sources
                  if not p.is_relative_to(owner) and re.search(r"\._lora\b", p.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def _reference_hook(module, args, output):
+    """The plain LoRA formula, out + scaling * B(A(drop(x))), out of place: the fast hook is tested against it."""
+    from blip_lora_core.lora.dropout import lora_dropout
+
+    state, x = module._lora, args[0]
+    if state.merged or not state.enabled:
+        return output
+    factor = 1.0
+    if state.dropout > 0.0 and module.training:
+        x, factor = lora_dropout(x, state.dropout)
+    return output + state.scaling * factor * nn.functional.linear(nn.functional.linear(x, module.lora_A),
+                                                                  module.lora_B)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_the_fast_in_place_hook_equals_the_reference_hook_on_blip(tiny_bundle, pixels, dropout):
+    model = tiny_bundle.model
+    inject_lora(model, LoraConfig(r=4, alpha=8, dropout=dropout,
+                                  targets=(r"vision_model\..*", r"text_decoder\..*\.(query|value)")))
+    _randomise_b(model, 3)
+    model.train()
+    ids = torch.tensor([[model.config.text_config.bos_token_id, 5, 6, 7, 8]]).repeat(len(pixels), 1)
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(11)  # the same dropout masks on both sides
+        loss = model(pixel_values=pixels, input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    fast_loss, fast_grads = loss_and_grads()
+    for module in lora_layers(model).values():  # swap every fast hook for the reference one
+        module._lora.handle.remove()
+        module._lora.handle = module.register_forward_hook(_reference_hook)
+    reference_loss, reference_grads = loss_and_grads()
+    torch.testing.assert_close(fast_loss, reference_loss, rtol=1e-6, atol=1e-6)
+    assert fast_grads.keys() == reference_grads.keys() and len(fast_grads) == 2 * len(lora_layers(model))
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], reference_grads[name], rtol=1e-5, atol=1e-7, msg=name)

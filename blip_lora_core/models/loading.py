@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors import SafetensorError
-from transformers import BlipConfig, BlipForConditionalGeneration, BertTokenizerFast, PreTrainedTokenizerBase
+from transformers import BlipConfig, BlipForConditionalGeneration, PreTrainedTokenizerBase
 
-from .attention import use_fast_attention
+from .._compat import dtype_kwarg, use_fast_attention, wordpiece_tokenizer
 from ..errors import BlipLoraError, ConfigError
 from .preprocess import ImagePreprocessor
 
@@ -57,15 +57,14 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
               revision: str | None = None) -> BlipBundle:
     """Load model, tokenizer and preprocessing from a hub id (optionally pinned to a revision) or a folder.
 
-    The vision encoder's attention runs through SDPA (attention.py). Never runs remote code. Raises
+    The vision encoder's attention runs through SDPA (_compat.py). Never runs remote code. Raises
     BlipLoraError with the name when anything cannot be loaded.
     """
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
-    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
         model = BlipForConditionalGeneration.from_pretrained(
-            name_or_path, revision=revision, trust_remote_code=False, **{dtype_kw: torch_dtype})
+            name_or_path, revision=revision, trust_remote_code=False, **dtype_kwarg(torch_dtype))
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, revision=revision,
                                                                trust_remote_code=False)
         preprocess = ImagePreprocessor.from_pretrained(name_or_path, revision=revision)
@@ -104,19 +103,13 @@ def caption_words(captions: Iterable[str]) -> list[str]:
 
 
 def build_tokenizer(words: Iterable[str], folder: Path) -> PreTrainedTokenizerBase:
-    """A BERT WordPiece tokenizer over whole words with BLIP's [DEC] bos token, saved in folder.
-
-    transformers 5 ignores BertTokenizerFast(vocab_file=...), so the vocabulary goes in as a dict there.
-    """
+    """A BERT WordPiece tokenizer over whole words with BLIP's [DEC] bos token, saved in folder."""
     tokens = SPECIAL_TOKENS + [w for w in words if w not in SPECIAL_TOKENS] + [BOS_TOKEN, ENC_TOKEN]
     folder.mkdir(parents=True, exist_ok=True)
     vocab_file = folder / "vocab.txt"
     vocab_file.write_text("\n".join(tokens) + "\n", encoding="utf-8")
     kwargs = dict(do_lower_case=True, bos_token=BOS_TOKEN, additional_special_tokens=[ENC_TOKEN])
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, **kwargs)
-    else:
-        tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), **kwargs)
+    tokenizer = wordpiece_tokenizer(tokens, vocab_file, **kwargs)
     tokenizer.save_pretrained(folder)
     return transformers.AutoTokenizer.from_pretrained(folder)
 

@@ -1,10 +1,17 @@
-"""SDPA for BLIP's vision attention: same numbers as transformers' eager code, LoRA hooks still applied."""
+"""_compat: SDPA for BLIP's vision attention gives transformers' eager numbers (LoRA hooks still applied),
+on the installed transformers and, in a subprocess, on each other supported line."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from transformers.models.blip.modeling_blip import BlipAttention
 
-from blip_lora_core.models.attention import use_eager_attention, use_fast_attention
+from blip_lora_core._compat import use_eager_attention, use_fast_attention
 from blip_lora_core.lora.hooks import LoraConfig, inject_lora
 
 
@@ -97,3 +104,29 @@ def test_eval_mode_never_drops_attention(tiny_bundle, pixels, dropout):
         first = model.vision_model(pixel_values=pixels).last_hidden_state
         second = model.vision_model(pixel_values=pixels).last_hidden_state
     assert torch.equal(first, second)
+
+
+# -- each supported transformers line ------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+LINES = REPO / ".venv" / "transformers-lines"  # make test installs each line here with pip --target
+SUPPORTED_LINES = ("4.57.6", "5.17.0")  # the last 4.x and the GPU machine's 5.x; the venv's own is tested above
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", SUPPORTED_LINES)
+def test_the_attention_patch_and_model_loading_on_each_transformers_line(version):
+    folder = LINES / version
+    if not (folder / "transformers").is_dir():
+        pytest.fail(f"transformers {version} is not installed in {folder}: run `make test` (it installs it)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
+    found = subprocess.run([sys.executable, "-c", "import transformers; print(transformers.__version__)"],
+                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert found == version
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
+                          "tests/test_compat.py", "tests/test_models.py", "-k", "not each_transformers_line"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-2000:]
+    assert run.returncode == 0, f"transformers {version}:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+    # test_models' comparison with BlipImageProcessorPil skips on 4.x, which has no such class
+    assert re.fullmatch(r"(1[5-9]|2\d) passed(, 1 skipped)?, \d+ deselected(, \d+ warnings?)? in .*", summary), summary

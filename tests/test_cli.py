@@ -33,6 +33,8 @@ def test_synth_train_eval_caption_export(tiny_model_dir, tmp_path, capsys):
                  "--max-new-tokens", "5", "--gallery", str(gallery), "--out", str(metrics)]) == 0
     report = json.loads(metrics.read_text())
     assert report["metrics"]["count"] == 10 and len(report["predictions"]) == 10
+    written = [json.loads(line)["image"] for line in jsonl.read_text().splitlines()]
+    assert [p["image"] for p in report["predictions"]] == written  # as the JSONL writes them
     assert gallery.read_text().count("<img") == 10
 
     captions = tmp_path / "captions.csv"
@@ -45,7 +47,7 @@ def test_synth_train_eval_caption_export(tiny_model_dir, tmp_path, capsys):
     predictions = {p["image"]: p["prediction"] for p in report["predictions"]}
     for row in rows:
         assert row["caption"] == hooked.caption([__import__("PIL.Image").Image.open(row["image"]).convert("RGB")])[0]
-        assert row["caption"] == predictions[str((data / "images" / row["image"].split("/")[-1]).resolve())]
+        assert row["caption"] == predictions["images/" + row["image"].split("/")[-1]]
 
     merged_dir = tmp_path / "merged"
     assert main(["export", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--out", str(merged_dir)]) == 0

@@ -292,3 +292,19 @@ def test_split_of_unique_file_names_holds_out_the_tail(tmp_path):
     samples = [Sample(tmp_path / f"{i:04d}_{c}.png", c, None, tmp_path, i + 1) for i, c in enumerate("abcdefghij")]
     train, val = split_by_order(samples, 0.2)
     assert [s.text for s in val] == ["i", "j"] and len(train) == 8
+
+
+def test_image_paths_come_back_as_the_jsonl_wrote_them(tmp_path):
+    from PIL import Image
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    for name in ("x.png", "proj/y.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    absolute = str(tmp_path / "x.png")
+    jsonl = project / "data.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": image, "text": "One red cube"}) + "\n"
+                             for image in ("../x.png", "y.png", absolute)))
+    samples, _ = read_jsonl(jsonl)
+    assert [s.image_as_written for s in samples] == ["../x.png", "y.png", absolute]
+    assert samples[0].image == project / "../x.png"

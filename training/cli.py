@@ -8,10 +8,14 @@ import logging
 import sys
 
 from blip_lora_core.errors import BlipLoraError
+from blip_lora_core.models.loading import disable_progress_bars
 
 # Each module in training/commands/ defines `register(subparsers)`, which adds its parser and sets
-# `func=run`, where `run(args) -> int`.
+# `func=run`, where `run(args) -> int`. Registering needs only the base install; a command's run()
+# imports what its extra brings.
 COMMAND_MODULES = ("train", "caption", "eval", "export", "synth", "bag")
+# top-level module -> the pip extra that installs it
+EXTRA_OF_MODULE = {"pycocoevalcap": "train", "matplotlib": "train", "tqdm": "train", "rosbags": "bags"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,21 +26,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"blip_lora_training.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"blip_lora_training.commands.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"blip_lora_training.commands.{name}").register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if getattr(args, "progress", None) is False:
+        disable_progress_bars()
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as error:
+        extra = EXTRA_OF_MODULE.get((error.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"blip-lora {args.command}: error: this command needs the [{extra}] extra ({error.name} is not "
+              f"installed): pip install 'blip-lora[{extra}]'", file=sys.stderr)
+        return 2
     except BlipLoraError as error:
         print(f"blip-lora {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import huggingface_hub
 import torch
 import transformers
 from safetensors import SafetensorError
@@ -78,6 +79,12 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
     model.to(target).eval()
     use_fast_attention(model)
     return BlipBundle(model, tokenizer, preprocess, name_or_path, revision or "")
+
+
+def disable_progress_bars() -> None:
+    """No progress bars from transformers (its weight-loading bar) or huggingface_hub (downloads)."""
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 def blip_large_config() -> BlipConfig:

@@ -43,6 +43,15 @@ class Sample:
     line: int
     extras: dict[str, Any] = field(default_factory=dict, hash=False)
 
+    @property
+    def image_as_written(self) -> str:
+        """The image path as a JSONL line writes it: relative to the JSONL's folder when it lies there
+        (``../x.jpg`` stays ``../x.jpg``, not ``proj/../x.jpg``), else as it is."""
+        try:
+            return self.image.relative_to(self.source.parent).as_posix()
+        except ValueError:
+            return self.image.as_posix()
+
 
 @dataclass(frozen=True)
 class BadLine:

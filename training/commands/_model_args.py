@@ -20,6 +20,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=30, help="caption length limit")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: fp16 on GPU, fp32 on CPU)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars (transformers' weight-loading bar included)")
 
 
 def captioner_from_args(args: argparse.Namespace) -> Captioner:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from blip_lora_core.bags.caption import ReplayOptions, check_caption_output, replay_captions, write_captions
-from blip_lora_core.bags.extract import ExtractOptions, Precaption, extract_frames
-from blip_lora_core.bags.reader import check_camera_topic
 from blip_lora_core.errors import ConfigError
 
 from ._model_args import add_model_args, captioner_from_args
@@ -85,6 +82,9 @@ def _add_strict(parser: argparse.ArgumentParser) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
+    from blip_lora_core.bags.extract import ExtractOptions, Precaption, extract_frames  # the [bags] extra
+    from blip_lora_core.bags.reader import check_camera_topic
+
     options = ExtractOptions(args.topic, every=args.every, dedup_threshold=args.dedup_threshold,
                              strict=args.strict)
     precaption = None
@@ -103,6 +103,9 @@ def run_extract(args: argparse.Namespace) -> int:
 
 
 def run_caption(args: argparse.Namespace) -> int:
+    from blip_lora_core.bags.caption import ReplayOptions, check_caption_output, replay_captions, write_captions
+    from blip_lora_core.bags.reader import check_camera_topic  # the [bags] extra
+
     if not args.max_rate_hz >= 0:
         raise ConfigError(f"--max-rate-hz must be >= 0, got {args.max_rate_hz}")
     options = ReplayOptions(args.topic, max_rate_hz=args.max_rate_hz, publish_on_change_only=args.on_change,

@@ -7,8 +7,6 @@ import json
 
 from blip_lora_core.atomic import atomic_write_text
 from blip_lora_core.train.data import read_jsonl
-from blip_lora_core.train.gallery import GalleryRow, write_gallery
-from blip_lora_core.train.metrics import caption_metrics, references_by_class
 
 from ._model_args import add_model_args, captioner_from_args
 
@@ -26,6 +24,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from blip_lora_core.train.gallery import GalleryRow, write_gallery  # the [train] extra
+    from blip_lora_core.train.metrics import caption_metrics, references_by_class
+
     samples, _ = read_jsonl(args.data)
     captioner = captioner_from_args(args)
     predictions = captioner.caption_files([s.image for s in samples])
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         rows = [GalleryRow(s.image, refs, {"prediction": p}) for s, refs, p in zip(samples, references, predictions)]
         print(f"gallery: {write_gallery(args.gallery, rows)}")
     if args.out:
-        details = [{"image": str(s.image), "references": r, "prediction": p}
+        details = [{"image": s.image_as_written, "references": r, "prediction": p}
                    for s, r, p in zip(samples, references, predictions)]
         atomic_write_text(args.out, json.dumps({"metrics": metrics, "predictions": details}, indent=2))
     return 0

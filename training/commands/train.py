@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from blip_lora_core.train.loop import train
 from blip_lora_core.train.config import FINETUNE_MODES, PRECISIONS, load_config
 
 # flag -> (TrainConfig field, type, help)
@@ -61,6 +60,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from blip_lora_core.train.loop import train  # the [train] extra
+
     names = [dest for _, dest, _, _ in _OPTIONS] + ["lora.targets", "lora.rslora", "skip_bad", "group_references",
                                                     "progress"]
     config = load_config(args.config, {name: getattr(args, name) for name in names})

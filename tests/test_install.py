@@ -1,0 +1,80 @@
+"""The base install (no extras) is enough for the ROS 2 node's modules and `blip-lora caption`.
+
+A fresh venv gets torch (the pinned CPU build, as the Makefile installs it) and then `pip install <repo>`
+without extras; it must not have pulled in the training or bag extras, and every command that needs an
+extra must say which one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+import torch
+
+from blip_lora_core.lora.adapter_io import save_adapter
+from blip_lora_core.lora.hooks import LoraConfig, inject_lora, lora_layers
+
+REPO = Path(__file__).resolve().parents[1]
+NODE_PACKAGE = REPO / "ros2_ws" / "src" / "blip_captioner"
+TORCH_SPEC = f"torch=={torch.__version__.split('+')[0]}"  # the torch of the test venv, never a newer one
+EXTRA_ONLY = ("pycocoevalcap", "matplotlib", "rosbags")
+
+CHECK_IMPORTS = """
+import importlib.util, json, sys
+sys.path.insert(0, sys.argv[1])
+import blip_captioner.params, blip_lora_core.runtime.image_msgs, blip_lora_core.runtime.pipeline
+import blip_lora_core.runtime.diagnostics, blip_lora_core.models.captioning
+print(json.dumps({name: importlib.util.find_spec(name) is not None for name in sys.argv[2:]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def base_venv(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("base-venv")
+    venv.create(folder, with_pip=True)
+    python = folder / "bin" / "python"
+    quiet = ["-q", "--disable-pip-version-check", "--no-warn-script-location"]
+    subprocess.run([python, "-m", "pip", "install", *quiet, TORCH_SPEC], check=True, timeout=900)
+    subprocess.run([python, "-m", "pip", "install", *quiet, str(REPO)], check=True, timeout=900)
+    return folder
+
+
+@pytest.mark.slow
+def test_the_base_install_runs_the_node_modules_and_a_caption(base_venv, tiny_model_dir, seed_blocks, tmp_path):
+    python, cli = base_venv / "bin" / "python", base_venv / "bin" / "blip-lora"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    found = subprocess.run([python, "-c", CHECK_IMPORTS, str(NODE_PACKAGE), *EXTRA_ONLY], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, check=True)
+    assert json.loads(found.stdout) == {name: False for name in EXTRA_ONLY}
+
+    from blip_lora_core.models.captioning import Captioner
+    from blip_lora_core.models.loading import load_blip
+
+    bundle = load_blip(str(tiny_model_dir), device="cpu")
+    inject_lora(bundle.model, LoraConfig(r=4, alpha=32, dropout=0.0))
+    with torch.no_grad():
+        for module in lora_layers(bundle.model).values():
+            module.lora_B.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    adapter = save_adapter(bundle.model, tmp_path / "adapter.safetensors", config=LoraConfig(r=4, alpha=32))
+    image = seed_blocks / "image_train" / "blue_on_green_0001.jpg"
+    run = subprocess.run([cli, "caption", str(image), "--model", str(tiny_model_dir), "--adapter", str(adapter),
+                          "--max-new-tokens", "6", "--no-progress"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    expected = Captioner.from_pretrained(str(tiny_model_dir), adapter=str(adapter), max_new_tokens=6).caption_files([image])
+    assert json.loads(run.stdout) == {"image": str(image), "caption": expected[0]}
+    assert "Loading weights" not in run.stderr  # --no-progress silences transformers' bar too
+
+    for command, extra in ((["eval", str(seed_blocks / "annotations.jsonl")], "train"),
+                           (["train", "--train", str(seed_blocks / "annotations.jsonl")], "train"),
+                           (["bag", "extract", str(tmp_path), "--out", str(tmp_path / "x")], "bags")):
+        run = subprocess.run([cli, *command, "--model", str(tiny_model_dir)] if command[0] == "eval" else [cli, *command],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, (command, run.stderr)
+        assert f"needs the [{extra}] extra" in run.stderr and f"pip install 'blip-lora[{extra}]'" in run.stderr

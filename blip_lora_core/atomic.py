@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
 from .errors import BlipLoraError
-
-SLOW_WRITE_ENV = "BLIP_LORA_TEST_SLOW_WRITE"
-"""Tests only: seconds to pause before each rename, so that a kill can land inside a write."""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -28,7 +24,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, _mode_for(path))
-        _pause_for_tests()
         os.replace(tmp, path)
     except OSError as error:
         _remove_quietly(tmp)
@@ -64,13 +59,6 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _pause_for_tests() -> None:
-    """Sleep BLIP_LORA_TEST_SLOW_WRITE seconds when set (the fault-injection tests kill a run in here)."""
-    delay = os.environ.get(SLOW_WRITE_ENV)
-    if delay:
-        time.sleep(float(delay))
 
 
 def _remove_quietly(path: str) -> None:

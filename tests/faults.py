@@ -13,7 +13,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 import traceback
+import types
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,8 +38,10 @@ class WarmCli:
                                         stdout=subprocess.PIPE, text=True, env=env or cli_env(), cwd=REPO)
         assert self._ask({"op": "ping"}) == {"ok": True}
 
-    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
-        return self._ask({"op": "run", "argv": argv, "log": str(log), "env": env or {}})["pid"]
+    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None, slow_write: float = 0.0) -> int:
+        """slow_write: seconds the child pauses before each atomic rename, so that a kill can land in a write."""
+        return self._ask({"op": "run", "argv": argv, "log": str(log), "env": env or {},
+                          "slow_write": slow_write})["pid"]
 
     def wait(self, pid: int) -> int:
         return self._ask({"op": "wait", "pid": pid})["rc"]
@@ -78,9 +82,24 @@ def _serve() -> None:
         print(json.dumps(reply), flush=True)
 
 
+def _slow_renames(seconds: float) -> None:
+    """In the child only: every atomic write pauses before its rename (its temporary file is complete)."""
+    import blip_lora_core.atomic as atomic
+
+    real_replace = os.replace
+
+    def slow_replace(src, dst, **kwargs):
+        time.sleep(seconds)
+        return real_replace(src, dst, **kwargs)
+
+    atomic.os = types.SimpleNamespace(**{**vars(os), "replace": slow_replace})
+
+
 def _child(main: Callable[[list[str]], int], request: dict) -> None:
     """In the forked child: redirect output, run the command line like `python -m ...cli`, exit."""
     os.environ.update(request["env"])
+    if request.get("slow_write"):
+        _slow_renames(request["slow_write"])
     for fd, suffix in ((1, ".out"), (2, ".err")):
         target = os.open(request["log"] + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)

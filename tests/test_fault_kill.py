@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from blip_lora_core.lora.adapter_io import read_adapter
-from blip_lora_core.atomic import SLOW_WRITE_ENV
 from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from blip_lora_core.train.config import load_config
 from faults import TEMP_NAME, WarmCli, cli_env, log_losses, same_adapter, temp_files
@@ -28,7 +27,7 @@ SETTINGS = dict(batch_size=2, grad_accum=1, epochs=2, lr=1e-2, warmup_steps=1, p
                 progress=False, lora=dict(r=4, alpha=8, dropout=0.1), seed=3, augment={"colour_jitter": 0.3},
                 checkpoint_every=1)
 STEPS = 12  # 12 images, batch 2, 2 epochs
-SLOW_WRITE = "0.15"
+SLOW_WRITE = 0.15  # seconds before each atomic rename in the trials that kill inside a write
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +66,7 @@ def test_sigkill_at_random_moments_and_inside_writes_then_resume_equals_uninterr
     landed_in_write = 0
     for number, (kind, when) in enumerate(trials):
         out, log = root / f"trial{number}", root / f"trial{number}-log"
-        env = {SLOW_WRITE_ENV: SLOW_WRITE} if kind == "write" else {}
-        pid = cli.start(_train(config, out), log, env)
+        pid = cli.start(_train(config, out), log, slow_write=SLOW_WRITE if kind == "write" else 0.0)
         if kind == "random":
             time.sleep(when)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -41,7 +42,12 @@ def base_venv(tmp_path_factory) -> Path:
     python = folder / "bin" / "python"
     quiet = ["-q", "--disable-pip-version-check", "--no-warn-script-location"]
     subprocess.run([python, "-m", "pip", "install", *quiet, TORCH_SPEC], check=True, timeout=900)
-    subprocess.run([python, "-m", "pip", "install", *quiet, str(REPO)], check=True, timeout=900)
+    source = tmp_path_factory.mktemp("source")  # a clean copy: pip's build/ folder stays out of the repo
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for name in ("blip_lora_core", "training"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([python, "-m", "pip", "install", *quiet, str(source)], check=True, timeout=900)
     return folder
 
 

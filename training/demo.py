@@ -81,12 +81,12 @@ class DemoSettings:
     max_new_tokens: int = 12
     eval_batch: int = 64
     num_workers: int = 0  # a worker per epoch costs more than it saves here
-    threads: int = 1  # torch threads: 2 threads on 2 busy cores ran 7x slower than 1 (0: torch's default)
+    threads: int = 1  # torch threads (0: torch's default); on 2 busy cores 1 thread beats 2
     progress: bool = True
 
     @classmethod
     def fast(cls) -> "DemoSettings":
-        """A smaller demo for tests (about 40 s on two cores): fewer renders, a higher base learning rate."""
+        """A smaller demo for tests: fewer renders, a higher base learning rate."""
         return cls(base_train=700, base_val=70, base_epochs=12, base_lr=3e-3, shift_train=700, shift_test=70)
 
     def base_key(self) -> dict:

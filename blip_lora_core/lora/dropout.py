@@ -1,8 +1,8 @@
 """Dropout for LoRA inputs that is cheap on the CPU.
 
-``torch.nn.functional.dropout`` on the CPU draws one Mersenne-Twister number per element (about 3 ns
-each): on BLIP-large, LoRA dropout on the 96 vision linears' inputs draws 4.2M numbers per image and
-takes about a tenth of a training step. Here one 64-bit draw gives four 16-bit uniforms, so the keep
+``torch.nn.functional.dropout`` on the CPU draws one Mersenne-Twister number per element: on BLIP-large,
+LoRA dropout on the 96 vision linears' inputs draws 4.2M numbers per image (bench/README.md has the cost
+measured). Here one 64-bit draw gives four 16-bit uniforms, so the keep
 mask costs a quarter of the draws, and the 1 / (1 - p) scale is left to the caller (the LoRA hook folds it
 into its matmul), saving a pass over x. The drop probability is ``p`` rounded to a multiple of 1/65536
 (0.05 -> 0.0500031). On other devices (CUDA's Philox generator is fast) it is plain dropout.

@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[1] / "blip_lora_core"
-ROOT_MODULES = {"errors", "atomic", "_compat"}
+ROOT_MODULES = {"errors", "atomic", "_compat", "config_mapping"}
 # subpackage -> the parts of the core it may import ("root": errors, atomic, _compat)
 ALLOWED = {
     "root": {"root"},

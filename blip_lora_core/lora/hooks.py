@@ -11,13 +11,14 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from .dropout import lora_dropout
+from ..config_mapping import dataclass_kwargs
 from ..errors import AdapterError, ConfigError
 
 DEFAULT_TARGETS = (r"vision_model\..*",)
@@ -70,13 +71,7 @@ class LoraConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LoraConfig:
         """Build from a mapping (e.g. YAML's ``lora:``); unknown keys are a ConfigError naming them."""
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"lora must be a mapping, got {type(values).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in values if k not in known)
-        if unknown:
-            raise ConfigError(f"unknown lora option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        values = dict(values)
+        values = dataclass_kwargs(cls, "lora", values)
         if "alpha" in values and isinstance(values["alpha"], int) and not isinstance(values["alpha"], bool):
             values["alpha"] = float(values["alpha"])
         if isinstance(values.get("targets"), list):

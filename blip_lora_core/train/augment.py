@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps, ImageStat
 
+from ..config_mapping import dataclass_kwargs
 from ..errors import ConfigError
 
 Augment = Callable[[Image.Image, np.random.Generator], Image.Image]
@@ -46,15 +47,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> AugmentConfig:
         """Build from a mapping (e.g. YAML); unknown keys are a ConfigError naming them."""
-        if d is None:
-            return cls()
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"augment must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in d if k not in known)
-        if unknown:
-            raise ConfigError(f"unknown augment option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**dict(d))
+        return cls(**dataclass_kwargs(cls, "augment", {} if d is None else d))
 
     @property
     def enabled(self) -> bool:

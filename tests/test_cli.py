@@ -40,7 +40,7 @@ def test_synth_train_eval_caption_export(tiny_model_dir, tmp_path, capsys):
                  "--max-new-tokens", "5", "--batch-size", "4", "--out", str(captions)]) == 0
     rows = list(csv.DictReader(captions.open()))
     assert len(rows) == 10
-    hooked = Captioner.from_pretrained(str(tiny_model_dir), adapter=str(adapter), merge_adapter=False,
+    hooked = Captioner.from_pretrained(str(tiny_model_dir), adapter=str(adapter), merge=False,
                                        max_new_tokens=5)
     predictions = {p["image"]: p["prediction"] for p in report["predictions"]}
     for row in rows:

@@ -24,6 +24,7 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BOS_TOKEN, ENC_TOKEN = "[DEC]", "[ENC]"
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPE_NAMES = tuple(_DTYPES)
 
 
 @dataclass

@@ -167,7 +167,7 @@ class Captioner:
             if self._decoder is None:
                 self._decoder = StaticGreedyDecoder(model)
             return self._decoder.generate(pixel_values, ids, self.max_new_tokens,
-                                          min_new_tokens=model.generation_config.min_new_tokens or 0)
+                                          min_new_tokens=model.text_decoder.generation_config.min_new_tokens or 0)
         input_ids = generation_prompt(self.bundle.tokenizer, self._spec, self.prompt, pixel_values.shape[0])
         kwargs = {}
         if input_ids is not None:

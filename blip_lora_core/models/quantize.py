@@ -8,6 +8,7 @@ this module is the one place that calls it, so moving to torchao touches nothing
 
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 from pathlib import Path
@@ -16,12 +17,14 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..lora.hooks import remove_lora
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """A copy of model whose nn.Linear layers hold int8 weights (dynamic activation quantization).
 
-    The copy shares nothing with model, which keeps its float weights (for adapter swaps). CPU only.
+    The copy shares nothing with model, which keeps its float weights and hooks (for adapter swaps); a
+    merged adapter stays in the copy's weights, its hooks do not. CPU only.
     """
     try:
         from torch.ao.quantization import quantize_dynamic
@@ -33,7 +36,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\..*")
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated.*")
-        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=False).eval()
+        plain = copy.deepcopy(model)
+        remove_lora(plain, keep_merged=True)
+        return quantize_dynamic(plain, {nn.Linear}, dtype=torch.qint8, inplace=True).eval()
 
 
 @functools.cache

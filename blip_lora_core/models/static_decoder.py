@@ -37,7 +37,7 @@ def blocker(model, num_beams: int, prompt_length: int, max_new_tokens: int) -> s
     """Why the static decoder cannot stand in for ``model.generate()`` here, or None when it can."""
     if num_beams != 1:
         return f"beam search ({num_beams} beams)"
-    config = getattr(model, "generation_config", None)
+    config = model.text_decoder.generation_config  # BLIP's generate() hands decoding to the text decoder
     for name, default in _UNSUPPORTED.items():
         value = getattr(config, name, default)
         if value not in (default, None) and not (name == "min_length" and value == 0):
@@ -142,14 +142,18 @@ class StaticGreedyDecoder:
         plan.out[:, :start] = plan.prompt
         positions = torch.arange(plan.out.shape[1], device=plan.out.device)
         tokens, pos = plan.prompt, positions[:start]
-        done = torch.arange(plan.out.shape[0], device=plan.out.device) >= plan.live  # padding rows never hold up
+        done = torch.zeros(plan.out.shape[0], dtype=torch.bool, device=plan.out.device)
+        if stop_early:
+            done[plan.live:] = True  # padding rows never hold the batch up
         for step in range(new_tokens):
             at = start + step
-            plan.out[:, at] = self._forward(plan, tokens, pos, cross, first_eos=step < min_new_tokens)
-            if stop_early:
-                done |= plan.out[:, at] == self.eos
-                if bool(done.all()):
-                    return step + 1
+            token = self._forward(plan, tokens, pos, cross, first_eos=step < min_new_tokens)
+            # rows that ended get (and are fed) [PAD], as generate() does: with int8 activations quantized per
+            # tensor, what one row is fed changes the others' numbers
+            plan.out[:, at] = token.masked_fill(done, self.pad)
+            done = done | (plan.out[:, at] == self.eos)
+            if stop_early and bool(done.all()):
+                return step + 1
             tokens, pos = plan.out[:, at:at + 1], positions[at:at + 1]
         return new_tokens
 
@@ -216,13 +220,9 @@ class StaticGreedyDecoder:
         return self._finish(plan.out[:batch, :plan.prompt.shape[1] + made], plan.prompt.shape[1])
 
     def _finish(self, out: torch.Tensor, start: int) -> torch.Tensor:
-        """[PAD] after each row's first [SEP]; cut the columns after the step where the last row ended."""
-        new = out[:, start:]
-        ended = (new == self.eos).int().cumsum(1)
-        after = ended - (new == self.eos).int() > 0  # strictly after the first [SEP]
-        new = new.masked_fill(after, self.pad)
-        has_eos = ended[:, -1] > 0
-        if bool(has_eos.all()):
-            first = (ended == 0).sum(1)  # index of the first [SEP]
-            new = new[:, :int(first.max()) + 1]
-        return torch.cat([out[:, :start], new], dim=1).clone()
+        """Cut the columns after the step at which the last row ended ([PAD] already follows each [SEP])."""
+        ended = (out[:, start:] == self.eos).int().cumsum(1)
+        if bool((ended[:, -1] > 0).all()):
+            last = int((ended == 0).sum(1).max())  # the latest first-[SEP] index
+            out = out[:, :start + last + 1]
+        return out.clone()

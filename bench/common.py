@@ -24,7 +24,10 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 from blip_lora_core.models.loading import TinySize, blip_large_config, build_tiny_blip  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_BLOCKS = REPO.parent / "shared" / "data" / "seed_blocks"
+# beside the checkout (/work/main -> /work/shared) or beside a worktree's parent (/work/wt/x -> /work/shared)
+SEED_BLOCKS = next((p for p in (REPO.parent / "shared" / "data" / "seed_blocks",
+                                REPO.parents[1] / "shared" / "data" / "seed_blocks") if p.is_dir()),
+                   REPO.parent / "shared" / "data" / "seed_blocks")
 TINY = TinySize()
 # A ViT-S-sized vision encoder and a small text decoder: big enough that compute, not Python, dominates.
 MEDIUM = TinySize(image_size=224, patch_size=16, hidden=384, layers=6, heads=6, intermediate=1536, max_positions=40)

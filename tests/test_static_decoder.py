@@ -4,16 +4,14 @@ takes it wherever it applies and says which path it runs."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from blip_lora_core import ConfigError, LoraConfig, inject_lora, save_adapter
-from blip_lora_core.lora.hooks import lora_layers, remove_lora
+from blip_lora_core import ConfigError
 from blip_lora_core.models.caption_settings import CaptionSettings
 from blip_lora_core.models.captioning import Captioner
 from blip_lora_core.models.static_decoder import StaticGreedyDecoder, blocker, bucket
+from tests.test_captioning import _adapter, _images
 
 PROMPT = "a picture of"
 
@@ -105,26 +103,9 @@ def test_blocker_names_what_the_fast_path_does_not_copy(tiny_bundle):
     assert blocker(model, 1, 0, 5) == "generation_config.repetition_penalty=1.3"
 
 
-def _images(n=3):
-    rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) for _ in range(n)]
-
-
-def _adapter(bundle, path):
-    config = LoraConfig(r=4, alpha=64, targets=(r"vision_model\..*", r"text_decoder\..*\.(query|key|value)"))
-    inject_lora(bundle.model, config)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for module in lora_layers(bundle.model).values():
-            module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=gen))
-    save_adapter(bundle.model, path, config=config)
-    remove_lora(bundle.model)
-    return path
-
-
 @pytest.mark.parametrize("merge", [True, False])
 def test_captioner_fast_path_equals_generate_with_adapters(tiny_bundle, tmp_path, merge):
-    adapter = _adapter(tiny_bundle, tmp_path / "a.safetensors")
+    adapter = _adapter(tiny_bundle, tmp_path / "a.safetensors", 3)
     images = _images(3)
     fast = Captioner(tiny_bundle, max_new_tokens=8, batch_size=2, prompt=PROMPT)
     plain = Captioner(tiny_bundle, fast.settings.with_changes(fast=False))
@@ -157,7 +138,7 @@ def test_bf16_fast_path_equals_bf16_generate(tiny_model_dir):
 
 
 def test_int8_quantizes_a_copy_and_keeps_generate_tokens(tiny_bundle, tmp_path):
-    adapter = _adapter(tiny_bundle, tmp_path / "a.safetensors")
+    adapter = _adapter(tiny_bundle, tmp_path / "a.safetensors", 3)
     captioner = Captioner(tiny_bundle, max_new_tokens=10, quantize="int8")
     captioner.set_adapter(adapter)
     pixels = tiny_bundle.preprocess.batch(_images(3))

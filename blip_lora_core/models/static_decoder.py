@@ -122,8 +122,9 @@ class StaticGreedyDecoder:
         mask = mask.masked_fill(positions[None, :] > pos[:, None], float("-inf"))[None, None]
         for index, layer in enumerate(bert.encoder.layer):
             own = layer.attention.self
-            plan.keys[index].index_copy_(2, pos, self._split(own.key(hidden)))
-            plan.values[index].index_copy_(2, pos, self._split(own.value(hidden)))
+            # .to: under autocast the projections come out in bf16/fp16 while the cache has the weights' dtype
+            plan.keys[index].index_copy_(2, pos, self._split(own.key(hidden)).to(plan.keys.dtype))
+            plan.values[index].index_copy_(2, pos, self._split(own.value(hidden)).to(plan.values.dtype))
             hidden = self._attend(layer.attention, hidden, plan.keys[index], plan.values[index], mask)
             hidden = self._attend(layer.crossattention, hidden, *cross[index])
             hidden = layer.output(layer.intermediate(hidden), hidden)

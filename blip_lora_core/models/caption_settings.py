@@ -20,7 +20,8 @@ class CaptionSettings:
     max_new_tokens: caption length limit. num_beams: 1 is greedy (the fast static-cache path), more is
     beam search through generate(). device/dtype: where and in what precision the model is loaded (None:
     cuda when present; fp16 on a GPU, fp32 on the CPU). merge: fold the adapter into the weights instead of
-    running it as hooks. quantize: None, or "int8" (dynamic int8 linears on the CPU, merged weights only).
+    running it as hooks. quantize: None, or "int8" (dynamic int8 linears on the CPU, merged weights only;
+    device None then means cpu).
     batch_size: images per forward pass. fast: use the static-cache decoder wherever it applies."""
 
     prompt: str | None = None
@@ -57,6 +58,8 @@ class CaptionSettings:
         if self.quantize not in QUANTIZE_CHOICES:
             raise ConfigError(f"caption setting quantize must be empty or one of {', '.join(QUANTIZE_CHOICES)}, "
                               f"got {self.quantize!r}")
+        if self.device is None:
+            object.__setattr__(self, "device", "cpu")  # quantized linears run on the CPU, even beside a GPU
         if self.device is not None and torch.device(self.device).type != "cpu":
             raise ConfigError(f"quantize {self.quantize} runs on the CPU only, not on device {self.device!r}")
         if self.dtype not in (None, "fp32", "float32"):

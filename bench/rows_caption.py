@@ -60,7 +60,7 @@ def _compare(bundle, label: str, n_images: int, repeats: int) -> Row:
     plain = _plain(bundle, adapter, _processor(bundle))
     captioner = Captioner(bundle, max_new_tokens=NEW_TOKENS, batch_size=8)
     captioner.set_adapter(adapter, merge=True)
-    bundle.model.generation_config.min_new_tokens = NEW_TOKENS
+    bundle.model.text_decoder.generation_config.min_new_tokens = NEW_TOKENS  # what BLIP's generate() reads
     images = seed_block_images(n_images)
     times = interleave({"ours": lambda: captioner.caption(images), "plain": lambda: plain(images)},
                        repeats, warmup=1 if repeats > 1 else 0)

@@ -1,4 +1,4 @@
-"""Greedy BLIP captioning with a static KV cache: the same tokens as ``generate()``, with less work per token.
+"""Greedy BLIP captioning with a static KV cache: the same tokens as ``generate()``, fewer operations per token.
 
 Every decoding step has the same shapes: self-attention K/V caches preallocated to the whole caption's
 length and masked by position, cross-attention K/V computed once per image. On CUDA the whole caption
@@ -40,7 +40,7 @@ def blocker(model, num_beams: int, prompt_length: int, max_new_tokens: int) -> s
     config = model.text_decoder.generation_config  # BLIP's generate() hands decoding to the text decoder
     for name, default in _UNSUPPORTED.items():
         value = getattr(config, name, default)
-        if value not in (default, None) and not (name == "min_length" and value == 0):
+        if value is not None and value != default:
             return f"generation_config.{name}={value!r}"
     limit = model.config.text_config.max_position_embeddings
     if 1 + prompt_length + max_new_tokens > limit:
@@ -70,8 +70,8 @@ class StaticGreedyDecoder:
     """Greedy captions of a BlipForConditionalGeneration with a static KV cache (see the module docstring).
 
     graphs: capture CUDA graphs (default: on CUDA devices). batch_buckets: pad batches to these sizes
-    (default: BATCH_BUCKETS with graphs, none without). The model's weights may change between calls
-    (adapter swaps) as long as the modules stay the same objects; ``reset()`` drops the captured graphs.
+    (default: BATCH_BUCKETS with graphs, none without). The model's weights may change in place between
+    calls (merging an adapter); after modules or hooks change, make a new decoder (graphs record them).
     """
 
     def __init__(self, model, *, graphs: bool | None = None, batch_buckets: Sequence[int] | None = None,
@@ -90,10 +90,6 @@ class StaticGreedyDecoder:
         self.head_dim = text.hidden_size // text.num_attention_heads
         self.bos, self.eos, self.pad = text.bos_token_id, text.sep_token_id, text.pad_token_id
         self._plans: OrderedDict[tuple[int, int, int, int], _Plan] = OrderedDict()
-
-    def reset(self) -> None:
-        """Forget buffers and graphs (call after replacing modules, e.g. quantizing)."""
-        self._plans.clear()
 
     # ------------------------------------------------------------ the computation
 

@@ -21,10 +21,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from blip_lora_core.models.loading import TinySize, blip_large_config, build_on_meta, build_tiny_blip  # noqa: E402
+from blip_lora_core.models.loading import TinySize, blip_large_config, build_tiny_blip  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_BLOCKS = REPO.parent / "shared" / "data" / "seed_blocks"
+# beside the checkout (/work/main -> /work/shared) or beside a worktree's parent (/work/wt/x -> /work/shared)
+SEED_BLOCKS = next((p for p in (REPO.parent / "shared" / "data" / "seed_blocks",
+                                REPO.parents[1] / "shared" / "data" / "seed_blocks") if p.is_dir()),
+                   REPO.parent / "shared" / "data" / "seed_blocks")
 TINY = TinySize()
 # A ViT-S-sized vision encoder and a small text decoder: big enough that compute, not Python, dominates.
 MEDIUM = TinySize(image_size=224, patch_size=16, hidden=384, layers=6, heads=6, intermediate=1536, max_positions=40)
@@ -193,28 +196,11 @@ def large_model_dir() -> Path:
     return folder
 
 
-@torch.no_grad()
 def large_random_model(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """BLIP-large's architecture with random weights, in eval mode.
+    """BLIP-large's architecture with random weights, in eval mode (models.loading.build_random_blip)."""
+    from blip_lora_core.models.loading import build_random_blip
 
-    Built on the meta device and filled with uniform noise (std 0.02; norms 1, biases 0): a few seconds
-    on the CPU, where the model's own initialisation takes about 10.
-    """
-    model = build_on_meta(blip_large_config()).to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    bound = 0.02 * 3 ** 0.5
-    for name, param in model.named_parameters():
-        if param.ndim >= 2 or "embedding" in name:
-            param.uniform_(-bound, bound, generator=generator)
-        elif name.endswith("weight"):
-            param.fill_(1.0)
-        else:
-            param.zero_()
-    for name, buffer in model.named_buffers():
-        if name.endswith("position_ids"):
-            buffer.copy_(torch.arange(buffer.shape[-1], device=device).expand_as(buffer))
-    model.tie_weights()  # the output layer shares the word embeddings, as in the real checkpoint
-    return model.to(dtype).eval()
+    return build_random_blip(blip_large_config(), seed, device, dtype)
 
 
 def shared_copy(model: torch.nn.Module, builder: Callable[[], torch.nn.Module]) -> torch.nn.Module:

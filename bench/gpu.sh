@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # GPU benchmark of BLIP-large (random weights, no network): caption latency at batch 1 and 8 (20 tokens,
-# fp16), LoRA training samples/s at batch 8 (bf16 autocast) and peak GPU memory, each against peft and the
+# fp16, on the core Captioner: static KV cache + CUDA graphs, tokens checked against generate()), LoRA training samples/s at batch 8 (bf16 autocast) and peak GPU memory, each against peft and the
 # plain transformers path. Writes bench/results/gpu-<device>.md. Needs torch, transformers and peft in the
 # active Python; the project itself is used from this checkout (PYTHONPATH), not installed.
 #
 #   bash bench/gpu.sh                          # on the GPU machine (never run there yet; 460 s limit)
 #   bash bench/gpu.sh --device cpu --tiny      # dry run of every code path on a CPU
-#   GPU_BENCH_TIMEOUT=300 bash bench/gpu.sh --no-graphs
+#   GPU_BENCH_TIMEOUT=300 bash bench/gpu.sh --only caption
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -1,8 +1,9 @@
 """GPU benchmark of BLIP-large with random weights (fp16 captioning, bf16 LoRA training), run by bench/gpu.sh.
 
 Rows, each against peft and against the plain transformers path:
-- caption latency at batch 1 and 8, 20 tokens: ours = adapter merged + a static-KV-cache greedy decoder
-  captured as one CUDA graph (falls back to the eager static decoder, then to Captioner, and says so);
+- caption latency at batch 1 and 8, 20 tokens: ours = the product path, blip_lora_core's Captioner (adapter
+  merged, fp16, the static-KV-cache greedy decoder captured as one CUDA graph per batch bucket; it falls
+  back to the eager decoder if capture fails, and describe() says so), its tokens checked against generate();
 - LoRA training samples/s at batch 8 (bf16 autocast): our hooks, frozen linears stored in bf16, SDPA vision
   attention and fused AdamW (as train() runs) vs peft (same loop) vs the plain loop (peft,
   model(..., labels=...).loss, default AdamW), both on fp32 weights with transformers' attention;
@@ -27,101 +28,10 @@ from torch.nn import functional as F
 
 from blip_lora_core.models.labels import label_token_count, token_loss_sum
 
-from .common import Row, caption_batch, file_name, format_table, median, shared_copy
+from .common import Row, caption_batch, file_name, format_table, median
 
 NEW_TOKENS = 20
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-# ---------------------------------------------------------------- a static-cache greedy decoder
-
-
-class StaticCaptioner:
-    """Greedy BLIP captioning of a fixed batch size and length with preallocated buffers.
-
-    Every step has the same shapes (self-attention K/V caches of length 1 + new_tokens, masked by
-    position; cross-attention K/V computed once per image), so the whole caption, vision encoder
-    included, can be captured as one CUDA graph and replayed. Without a prompt; eos is suppressed, as
-    generate() does with min_new_tokens = max_new_tokens. Output matches generate()'s (B, 1 + new_tokens).
-    """
-
-    def __init__(self, model, batch: int, new_tokens: int = NEW_TOKENS):
-        self.model, self.batch, self.new_tokens = model, batch, new_tokens
-        text = model.text_decoder.config
-        self.heads, self.head_dim = text.num_attention_heads, text.hidden_size // text.num_attention_heads
-        self.bos, self.eos = text.bos_token_id, text.sep_token_id
-        param = next(model.parameters())
-        device, dtype = param.device, param.dtype
-        vision = model.config.vision_config
-        size, layers, length = vision.image_size, text.num_hidden_layers, 1 + new_tokens
-        self.pixels = torch.zeros(batch, 3, size, size, device=device, dtype=dtype)
-        self.keys = torch.zeros(layers, batch, self.heads, length, self.head_dim, device=device, dtype=dtype)
-        self.values = torch.zeros_like(self.keys)
-        self.out = torch.zeros(batch, length, dtype=torch.long, device=device)
-        self.positions = torch.arange(length, device=device)
-        self.graph = None
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, hidden) -> (B, heads, T, head_dim)."""
-        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
-
-    def _attend(self, attention, hidden, keys, values, mask=None) -> torch.Tensor:
-        query = self._heads(attention.self.query(hidden))
-        context = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
-        context = context.transpose(1, 2).reshape(hidden.shape)
-        return attention.output(context, hidden)
-
-    def _step(self, token: torch.Tensor, pos: torch.Tensor, cross: list) -> torch.Tensor:
-        """token (B, 1) at position pos (1,) -> next token (B,); writes this position's K/V into the caches."""
-        bert = self.model.text_decoder.bert
-        emb = bert.embeddings
-        hidden = emb.LayerNorm(emb.word_embeddings(token) + emb.position_embeddings(pos)[None])
-        mask = torch.where(self.positions <= pos, 0.0, float("-inf")).to(hidden.dtype)[None, None, None, :]
-        for index, layer in enumerate(bert.encoder.layer):
-            own = layer.attention.self
-            self.keys[index].index_copy_(2, pos, self._heads(own.key(hidden)))
-            self.values[index].index_copy_(2, pos, self._heads(own.value(hidden)))
-            hidden = self._attend(layer.attention, hidden, self.keys[index], self.values[index], mask)
-            hidden = self._attend(layer.crossattention, hidden, *cross[index])
-            hidden = layer.output(layer.intermediate(hidden), hidden)
-        logits = self.model.text_decoder.cls(hidden)[:, -1].float()
-        logits[:, self.eos] = float("-inf")
-        return logits.argmax(-1)
-
-    def _run(self) -> None:
-        """self.pixels -> self.out: vision encoder, cross K/V, then new_tokens greedy steps."""
-        image = self.model.vision_model(pixel_values=self.pixels)[0]
-        cross = [(self._heads(layer.crossattention.self.key(image)), self._heads(layer.crossattention.self.value(image)))
-                 for layer in self.model.text_decoder.bert.encoder.layer]
-        self.out[:, 0] = self.bos
-        for step in range(self.new_tokens):
-            pos = self.positions[step:step + 1]
-            self.out[:, step + 1] = self._step(self.out[:, step:step + 1], pos, cross)
-
-    @torch.inference_mode()
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> token ids (B, 1 + new_tokens), [DEC] first."""
-        self.pixels.copy_(pixels)
-        if self.graph is not None:
-            self.graph.replay()
-        else:
-            self._run()
-        return self.out.clone()
-
-    def capture(self) -> None:
-        """Record the whole caption as one CUDA graph (raises where CUDA graphs are unavailable)."""
-        if self.pixels.device.type != "cuda":
-            raise RuntimeError("CUDA graphs need a CUDA device")
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.inference_mode(), torch.cuda.stream(stream):
-            for _ in range(2):
-                self._run()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
-            self._run()
-        self.graph = graph
 
 
 # ---------------------------------------------------------------- models and timing
@@ -174,12 +84,13 @@ def peak_memory(device: torch.device, fn) -> float:
 # ---------------------------------------------------------------- captioning rows
 
 
-def _caption_cases(bundle, adapter, args, batch: int, notes: list[str]) -> tuple[dict, int]:
-    """Three callables captioning the same pixels: ours (fast path), peft, plain; and how many matched."""
+def _caption_cases(bundle, adapter, args, batch: int, notes: list[str]) -> tuple[dict, int, float]:
+    """Callables captioning the same pixels: ours (Captioner), generate (same merged model), peft, plain;
+    how many of ours' captions equal generate()'s token for token; ours' peak memory (capture included)."""
     import peft
 
-    from blip_lora_core.models.captioning import Captioner
     from blip_lora_core.lora.peft_interop import export_peft
+    from blip_lora_core.models.captioning import Captioner
 
     from .common import workdir
 
@@ -190,6 +101,8 @@ def _caption_cases(bundle, adapter, args, batch: int, notes: list[str]) -> tuple
     peft_model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(folder)).eval()
     captioner = Captioner(bundle, max_new_tokens=NEW_TOKENS, batch_size=batch)
     captioner.set_adapter(adapter, merge=True)
+    # every side makes exactly NEW_TOKENS tokens (random weights could end early on one side only)
+    captioner.model.text_decoder.generation_config.min_new_tokens = NEW_TOKENS
     size = base.config.vision_config.image_size
     pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)).to(device, dtype)
     kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, num_beams=1, do_sample=False)
@@ -200,46 +113,38 @@ def _caption_cases(bundle, adapter, args, batch: int, notes: list[str]) -> tuple
                 return model.generate(pixel_values=pixels, **kwargs)
         return run
 
-    fast = StaticCaptioner(captioner.model, batch)
-    reference = generate(captioner.model)()
-    matched = int((fast(pixels) == reference).all(dim=1).sum())
-    mode = "static KV cache, eager"
-    if args.graphs and device.type != "cuda":
-        notes.append(f"batch {batch}: CUDA graphs skipped (no CUDA device): eager static decoder")
-    elif args.graphs:
-        try:
-            fast.capture()
-            matched = int((fast(pixels) == reference).all(dim=1).sum())
-            mode = "static KV cache, one CUDA graph"
-        except Exception as error:  # noqa: BLE001 - an optional path: fall back and report
-            notes.append(f"batch {batch}: CUDA graph capture failed, eager static decoder used "
-                         f"({type(error).__name__}: {str(error)[:120]})")
-            fast.graph = None
+    def ours():
+        return captioner.generate_ids(pixels)
+
+    memory = peak_memory(device, ours)  # the first call captures the CUDA graph
+    matched = int((ours() == generate(captioner.model)()).all(dim=1).sum())
     if matched < batch:
-        notes.append(f"batch {batch}: static decoder matched generate() on {matched}/{batch} captions "
-                     f"({'expected: fp16 argmax ties on random weights' if dtype != torch.float32 else 'A BUG'})")
-    ours = (lambda: fast(pixels)) if args.fast else generate(captioner.model)
-    notes.append(f"batch {batch}: ours = {mode if args.fast else 'Captioner generate()'}, merged adapter")
+        notes.append(f"batch {batch}: Captioner matched generate() on {matched}/{batch} captions "
+                     f"({'fp16 rounding flips near-ties of random weights' if dtype != torch.float32 else 'A BUG'})")
+    notes.append(f"batch {batch}: ours = Captioner: {captioner.describe()}, merged adapter")
     return {"ours": ours, "generate": generate(captioner.model), "peft": generate(peft_model),
-            "plain": generate(plain_model)}, matched
+            "plain": generate(plain_model)}, matched, memory
 
 
 def caption_rows(bundle, adapter, args, notes: list[str]) -> list[Row]:
     rows = []
     device = torch.device(args.device)
     for batch in (1, 8):
-        cases, matched = _caption_cases(bundle, adapter, args, batch, notes)
+        cases, matched, ours_memory = _caption_cases(bundle, adapter, args, batch, notes)
         times = timed(cases, args.repeats, device)
-        memory = {name: peak_memory(device, fn) for name, fn in cases.items()}
+        memory = {name: peak_memory(device, fn) for name, fn in cases.items() if name != "ours"}
+        memory["ours"] = ours_memory
         ours = median(times["ours"]) * 1e3
-        for other, what in (("generate", "the same merged model, generate() (Captioner's path)"),
+        for other, what in (("generate", "the same merged model, generate()"),
                             ("peft", "peft adapter (unmerged), generate()"), ("plain", "base model, generate()")):
             rows.append(Row(f"caption_b{batch}_vs_{other}", f"{NEW_TOKENS}-token caption latency, batch {batch}",
                             ours, median(times[other]) * 1e3, "ms", "<= 1.00", args.repeats,
-                            f"{what}; {str(args.caption_dtype)[6:]}; ours matched generate() on {matched}/{batch}"))
+                            f"{what}; {str(args.caption_dtype)[6:]}; ours = Captioner, same tokens as generate() "
+                            f"on {matched}/{batch}"))
             if device.type == "cuda":
                 rows.append(Row(f"caption_b{batch}_memory_vs_{other}", f"peak GPU memory, caption batch {batch}",
-                                memory["ours"], memory[other], "MiB", "", 1, what))
+                                memory["ours"], memory[other], "MiB", "", 1,
+                                f"{what}; ours: peak of the first call (CUDA graph capture)"))
         if batch == 1:
             rows.append(Row("caption_b1_target", "20-token caption at batch 1 vs the 30 ms target", ours, 30.0, "ms",
                             "<= 1.00", args.repeats, "target from the issue"))
@@ -311,8 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="the tiny model (dry run), not BLIP-large")
     parser.add_argument("--repeats", type=int, default=0, help="timed repeats per case (default 20 on GPU, 3 on CPU)")
     parser.add_argument("--train-batch", type=int, default=8)
-    parser.add_argument("--no-graphs", dest="graphs", action="store_false", help="do not capture CUDA graphs")
-    parser.add_argument("--no-fast", dest="fast", action="store_false", help="ours = Captioner's generate()")
     parser.add_argument("--only", choices=("caption", "train"), default=None)
     parser.add_argument("--out", default=None, help="markdown file (default bench/results/gpu-<device>.md)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark row, print one markdown table, write it to bench/results/<machine>.md.
 
-    python -m bench.run_all            # the full run (about 15 minutes on 2 CPU cores)
-    python -m bench.run_all --quick    # small models and few repeats (under 2 minutes)
+    python -m bench.run_all            # the full run (about 19 minutes on 2 CPU cores)
+    python -m bench.run_all --quick    # small models and few repeats (about 2 minutes)
     python -m bench.run_all --only lora_step_tiny --only caption_throughput
     python -m bench.run_all --list     # the row ids
 """

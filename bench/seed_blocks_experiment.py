@@ -29,7 +29,7 @@ from blip_lora_core.train.loop import evaluate, predict, train
 from blip_lora_core.train.config import TrainConfig
 from blip_lora_training import demo
 
-SEED_BLOCKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_blocks"
+from .common import SEED_BLOCKS  # noqa: E402
 TRAIN_FRAMES = range(1, 129)
 VAL_FRAMES = range(129, 161)
 TEXT_QV = r"text_decoder\..*\.(query|value)"
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> dict:
     targets = list(DEFAULT_TARGETS) + ([TEXT_QV] if args.text_qv else [])
     config = TrainConfig(model=str(base), train_file=str(train_file), val_file=str(val_file),
                          output_dir=str(out / "run"), finetune="lora",
-                         lora=dict(targets=targets, r=args.r, alpha=args.alpha, dropout=0.0), lr=args.lr, epochs=args.epochs, batch_size=args.batch, grad_accum=1,
+                         lora=dict(targets=targets, r=args.r, alpha=args.alpha, dropout=0.0), lr=args.lr,
+                         epochs=args.epochs, batch_size=args.batch, grad_accum=1,
                          warmup_steps=args.warmup, precision="fp32", device="cpu", num_workers=args.workers,
                          group_references=True, max_new_tokens=settings.max_new_tokens, eval_batch_size=64,
                          seed=settings.seed, progress=not args.no_progress, augment=json.loads(args.augment))
@@ -118,7 +119,7 @@ def _scores(metrics: dict) -> str:
     return f"{metrics.get('exact_match', nan):.3f} / {metrics.get('bleu4', nan):.3f} / {metrics.get('cider', nan):.3f}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SEED_BLOCKS), help="seed_blocks folder")
     parser.add_argument("--base-out", default="demo_out", help="the demo's cache folder holding base/")
@@ -134,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's choice)")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     demo.quiet_logs()
     results = run(args)
     Path(args.out).mkdir(parents=True, exist_ok=True)

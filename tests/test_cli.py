@@ -42,7 +42,7 @@ def test_synth_train_eval_caption_export(tiny_model_dir, tmp_path, capsys):
                  "--max-new-tokens", "5", "--batch-size", "4", "--out", str(captions)]) == 0
     rows = list(csv.DictReader(captions.open()))
     assert len(rows) == 10
-    hooked = Captioner.from_pretrained(str(tiny_model_dir), adapter=str(adapter), merge_adapter=False,
+    hooked = Captioner.from_pretrained(str(tiny_model_dir), adapter=str(adapter), merge=False,
                                        max_new_tokens=5)
     predictions = {p["image"]: p["prediction"] for p in report["predictions"]}
     for row in rows:
@@ -89,3 +89,28 @@ def test_errors_are_one_line_not_tracebacks(tiny_model_dir, tmp_path, capsys):
     assert main(["caption", str(tmp_path), "--model", str(tmp_path / "missing_model")]) == 2
     assert "cannot load BLIP model" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("flags, settings, path", [
+    (["--dtype", "bf16"], dict(dtype="bf16"), "fast static-cache (eager), cpu, bfloat16, quantize none"),
+    (["--quantize", "int8"], dict(quantize="int8"), "fast static-cache (eager), cpu, float32, quantize int8"),
+    (["--no-fast", "--prompt", "a picture of"], dict(fast=False, prompt="a picture of"),
+     "generate (fast path off), cpu, float32, quantize none"),
+])
+def test_caption_options_reach_the_captioner(tiny_model_dir, tmp_path, flags, settings, path):
+    """--dtype/--quantize/--fast/--prompt give the captions of a Captioner built with the same CaptionSettings."""
+    from PIL import Image
+
+    from tests.test_captioning import _images
+
+    paths = []
+    for index, image in enumerate(_images(3)):
+        paths.append(tmp_path / f"{index}.png")
+        image.save(paths[-1])
+    out = tmp_path / "captions.jsonl"
+    assert main(["caption", *map(str, paths), "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--max-new-tokens", "6", "--out", str(out), *flags]) == 0
+    captioner = Captioner.from_pretrained(str(tiny_model_dir), device="cpu", max_new_tokens=6, **settings)
+    expected = captioner.caption([Image.open(p).convert("RGB") for p in paths])
+    assert [json.loads(line)["caption"] for line in out.read_text().splitlines()] == expected
+    assert captioner.describe() == path

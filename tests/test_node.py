@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 import yaml
 
-from blip_lora_core.errors import AdapterError, BlipLoraError
+from blip_lora_core.errors import AdapterError, BlipLoraError, ConfigError
+from blip_lora_core.models.caption_settings import CaptionSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = Path(__file__).resolve().parent / "fake_rclpy"
 PACKAGE = ROOT / "ros2_ws" / "src" / "blip_captioner"
 ROS_MODULES = {"rclpy", "std_msgs", "sensor_msgs", "diagnostic_msgs", "rcl_interfaces", "builtin_interfaces",
                "_fake_msgs", "blip_captioner"}
-FIXED = ["model", "device", "dtype", "image_topic", "compressed", "caption_topic", "qos_reliability", "qos_depth"]
+FIXED = ["model", "device", "dtype", "quantize", "image_topic", "compressed", "caption_topic", "qos_reliability", "qos_depth"]
 
 
 def _purge() -> None:
@@ -40,20 +41,23 @@ def _fake_captioner_class():
         loads: list[tuple[str, dict]] = []
         fail: str | None = None
 
-        def __init__(self, model: str, kwargs: dict) -> None:
-            self.name, self.prompt = model, kwargs["prompt"]
-            self.max_new_tokens, self.num_beams = kwargs["max_new_tokens"], kwargs["num_beams"]
-            self.adapter, self.merged = kwargs["adapter"], kwargs["merge_adapter"]
+        def __init__(self, model: str, settings, adapter) -> None:
+            self.name, self.prompt = model, settings.prompt
+            self.max_new_tokens, self.num_beams = settings.max_new_tokens, settings.num_beams
+            self.adapter, self.merged = adapter, settings.merge
             self.adapter_calls: list[tuple] = []
             self.images: list[np.ndarray] = []
             self.model = SimpleNamespace(device="cpu")
 
         @classmethod
-        def from_pretrained(cls, model: str, **kwargs):
+        def from_pretrained(cls, model: str, settings, adapter=None):
             if cls.fail:
                 raise BlipLoraError(cls.fail)
-            cls.loads.append((model, kwargs))
-            return cls(model, kwargs)
+            cls.loads.append((model, settings, adapter))
+            return cls(model, settings, adapter)
+
+        def describe(self) -> str:
+            return f"fake, beams {self.num_beams}"
 
         def set_adapter(self, path, merge=True) -> None:
             self.adapter_calls.append((path, merge))
@@ -170,12 +174,13 @@ def test_yaml_holds_every_parameter_with_the_node_defaults(ros):
 def test_load_parameters_reach_the_captioner(ros, make_node):
     make_node(model="/models/tiny", adapter="/a/x.safetensors", prompt="a photo of", device="cpu",
               dtype="fp32", merge_adapter=False, max_new_tokens=12, num_beams=3)
-    assert ros.Captioner.loads == [("/models/tiny", dict(
-        adapter="/a/x.safetensors", device="cpu", dtype="fp32", merge_adapter=False, prompt="a photo of",
-        max_new_tokens=12, num_beams=3))]
+    assert ros.Captioner.loads == [("/models/tiny", CaptionSettings(
+        prompt="a photo of", max_new_tokens=12, num_beams=3, device="cpu", dtype="fp32", merge=False,
+        batch_size=1), "/a/x.safetensors")]
     make_node()
-    assert ros.Captioner.loads[1] == ("Salesforce/blip-image-captioning-large", dict(
-        adapter=None, device=None, dtype=None, merge_adapter=True, prompt=None, max_new_tokens=30, num_beams=1))
+    assert ros.Captioner.loads[1] == ("Salesforce/blip-image-captioning-large", CaptionSettings(batch_size=1), None)
+    with pytest.raises(ConfigError, match="quantize int8 runs on the CPU only"):
+        make_node(device="cuda", quantize="int8")
 
 
 def test_default_qos_is_best_effort_keep_last_one(ros, make_node):
@@ -394,6 +399,7 @@ def test_diagnostics_once_a_second(ros, make_node):
     assert status.level == 0 and status.message.startswith("captioning at ")
     assert (values["frames_received"], values["captions_published"], values["image_topic"]) == (
         "1", "1", "/camera/image_raw")
+    assert values["decoder"] == "fake, beams 1"  # Captioner.describe()
     assert 0.0 <= float(values["last_caption_age_s"]) < 1.0
     assert diagnostics[-1].header.stamp.sec > 1_600_000_000
     store, kind = ros.fake_msgs.TYPESTORE, "diagnostic_msgs/msg/DiagnosticArray"
@@ -449,9 +455,9 @@ def test_node_captions_with_a_real_tiny_blip(ros, make_node, tiny_model_dir, mon
 
     class CountingCaptioner(Captioner):
         @classmethod
-        def from_pretrained(cls, model, **kwargs):
+        def from_pretrained(cls, model, settings, **kwargs):
             loads.append(model)
-            return Captioner.from_pretrained(model, **kwargs)
+            return Captioner.from_pretrained(model, settings, **kwargs)
 
     monkeypatch.setattr(ros.params, "Captioner", CountingCaptioner)
     node = make_node(model=str(tiny_model_dir), device="cpu", max_new_tokens=5, max_rate_hz=0.0)
@@ -460,6 +466,8 @@ def test_node_captions_with_a_real_tiny_blip(ros, make_node, tiny_model_dir, mon
     cam.publish(image_msg(ros, 120, width=32, height=24))
     wait_until(lambda: len(captions) == 1, timeout=30.0)
     assert isinstance(captions[0].data, str) and node._pipeline.stats().inference_errors == 0
+    started = [msg for _, level, msg in ros.logging.RECORDS if level == "INFO" and "captioning" in msg]
+    assert started and started[0].endswith("; fast static-cache (eager), cpu, float32, quantize none")
     assert set_param(ros, node, "max_new_tokens", 3).successful
     assert set_param(ros, node, "prompt", "a picture of").successful
     assert node._live.captioner.max_new_tokens == 3 and node._live.captioner.prompt == "a picture of"

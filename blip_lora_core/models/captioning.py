@@ -1,4 +1,8 @@
-"""Caption images with a BLIP model and an optional LoRA adapter, batched, under inference_mode."""
+"""Caption images with a BLIP model and an optional LoRA adapter, batched, under inference_mode.
+
+Greedy captions go through the static-cache decoder (static_decoder.py: the same tokens as generate(),
+CUDA graphs on a GPU); beam search, and generation settings it does not copy, go through generate().
+"""
 
 from __future__ import annotations
 
@@ -11,42 +15,74 @@ import torch
 from PIL import Image
 
 from ..lora.adapter_io import AdapterInfo, load_adapter
+from ..lora.hooks import merge_lora, remove_lora
+from .caption_settings import CaptionSettings
 from .images import load_image
 from .labels import TokenSpec, generation_prompt, prompt_ids, strip_prompt
-from ..lora.hooks import merge_lora, remove_lora
 from .loading import BlipBundle, load_blip
+from .quantize import cpu_has_bf16, quantize_int8
+from .static_decoder import StaticGreedyDecoder, blocker
 
 log = logging.getLogger(__name__)
 
 
 class Captioner:
-    """A loaded model that turns images into captions; adapters and prompt can change without reloading."""
+    """A loaded model that turns images into captions; adapters and prompt can change without reloading.
 
-    def __init__(self, bundle: BlipBundle, *, prompt: str | None = None, max_new_tokens: int = 30,
-                 num_beams: int = 1, batch_size: int = 8):
+    ``settings`` (CaptionSettings) holds prompt, lengths, beams, merge and quantize; keyword overrides
+    replace fields of it. prompt, max_new_tokens and num_beams can be set as attributes (validated).
+    device and dtype only matter to from_pretrained: a bundle is used where it already is.
+    """
+
+    def __init__(self, bundle: BlipBundle, settings: CaptionSettings | None = None, **overrides):
         self.bundle = bundle
-        self.prompt = prompt or None
-        self.max_new_tokens = max_new_tokens
-        self.num_beams = num_beams
-        self.batch_size = batch_size
+        self.settings = (settings or CaptionSettings()).with_changes(**overrides)
         self.adapter: AdapterInfo | None = None
         self._spec = TokenSpec.from_model(bundle.model)
+        self._quantized: torch.nn.Module | None = None
+        self._decoder: StaticGreedyDecoder | None = None
 
     @classmethod
-    def from_pretrained(cls, model: str, *, adapter: str | None = None, device: str | None = None,
-                        dtype: str | None = None, merge_adapter: bool = True, prompt: str | None = None,
-                        max_new_tokens: int = 30, num_beams: int = 1, revision: str | None = None,
-                        batch_size: int = 8) -> "Captioner":
-        bundle = load_blip(model, dtype=dtype, device=device, revision=revision)
-        captioner = cls(bundle, prompt=prompt, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                        batch_size=batch_size)
+    def from_pretrained(cls, model: str, settings: CaptionSettings | None = None, *, adapter: str | None = None,
+                        revision: str | None = None, **overrides) -> "Captioner":
+        settings = (settings or CaptionSettings()).with_changes(**overrides)
+        bundle = load_blip(model, dtype=settings.dtype, device=settings.device, revision=revision)
+        if bundle.model.dtype == torch.bfloat16 and bundle.model.device.type == "cpu" and not cpu_has_bf16():
+            log.warning("dtype bf16 on a CPU without AVX512-BF16/AMX: emulated, likely slower than fp32")
+        captioner = cls(bundle, settings)
         if adapter:
-            captioner.set_adapter(adapter, merge=merge_adapter)
+            captioner.set_adapter(adapter, merge=settings.merge)
         return captioner
 
     @property
     def model(self):
         return self.bundle.model
+
+    # prompt, max_new_tokens and num_beams change at run time (the node's parameters); each goes through
+    # CaptionSettings' validation
+    @property
+    def prompt(self) -> str | None:
+        return self.settings.prompt
+
+    @prompt.setter
+    def prompt(self, value: str | None) -> None:
+        self.settings = self.settings.with_changes(prompt=value)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.settings.max_new_tokens
+
+    @max_new_tokens.setter
+    def max_new_tokens(self, value: int) -> None:
+        self.settings = self.settings.with_changes(max_new_tokens=value)
+
+    @property
+    def num_beams(self) -> int:
+        return self.settings.num_beams
+
+    @num_beams.setter
+    def num_beams(self, value: int) -> None:
+        self.settings = self.settings.with_changes(num_beams=value)
 
     def set_adapter(self, path: str | Path | None, merge: bool = True) -> None:
         """Swap the LoRA adapter (None: the base model alone) without reloading the base model.
@@ -54,6 +90,9 @@ class Captioner:
         Merged adapters are taken out by restoring the base weights kept at merge time, so that swapping
         many times never lets rounding (in fp16, say) drift the base weights.
         """
+        self.settings = self.settings.with_changes(merge=merge)
+        self._quantized = None
+        self._decoder = None  # captured graphs may point at hook parameters that are about to go
         remove_lora(self.model)
         self.adapter = None
         if not path:
@@ -64,30 +103,71 @@ class Captioner:
             merge_lora(self.model, keep_base=True)
         log.info("adapter %s loaded (%s)", path, "merged" if merge else "hooked")
 
+    def _inference_model(self) -> torch.nn.Module:
+        """The model that captions: the loaded one, or its int8 copy (made once per adapter)."""
+        if self.settings.quantize != "int8":
+            return self.model
+        if self._quantized is None:
+            self._quantized = quantize_int8(self.model)
+            self._decoder = None
+        return self._quantized
+
+    def _fast_blocker(self) -> str | None:
+        """Why captions go through generate() instead of the static-cache decoder, or None."""
+        if not self.settings.fast:
+            return "fast path off"
+        n_prompt = len(prompt_ids(self.bundle.tokenizer, self.prompt))
+        return blocker(self.model, self.num_beams, n_prompt, self.max_new_tokens)
+
+    def describe(self) -> str:
+        """One line naming the decoding path, device, dtype and quantization, for logs and diagnostics."""
+        reason = self._fast_blocker()
+        if reason is None:
+            graphs = self.model.device.type == "cuda" and (self._decoder is None or self._decoder.graphs)
+            path = "fast static-cache" + (" + CUDA graphs" if graphs else " (eager)")
+        else:
+            path = f"generate ({reason})"
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        return f"{path}, {self.model.device.type}, {dtype}, quantize {self.settings.quantize or 'none'}"
+
     def caption(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
         """Images (PIL or (H, W, 3) uint8 RGB) -> one caption each, prompt stripped."""
         captions: list[str] = []
-        for start in range(0, len(images), self.batch_size):
-            captions.extend(self._caption_batch(images[start:start + self.batch_size]))
+        size = self.settings.batch_size
+        for start in range(0, len(images), size):
+            captions.extend(self._caption_batch(images[start:start + size]))
         return captions
 
     def caption_files(self, paths: Sequence[str | Path]) -> list[str]:
         """Image files -> one caption each; loads one batch of images at a time."""
         captions: list[str] = []
-        for start in range(0, len(paths), self.batch_size):
-            captions.extend(self.caption([load_image(p) for p in paths[start:start + self.batch_size]]))
+        size = self.settings.batch_size
+        for start in range(0, len(paths), size):
+            captions.extend(self.caption([load_image(p) for p in paths[start:start + size]]))
         return captions
 
     @torch.inference_mode()
+    def generate_ids(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values (B, 3, S, S) on the model's device -> ids (B, 1 + prompt + n) as generate() gives them."""
+        model = self._inference_model()
+        ids = prompt_ids(self.bundle.tokenizer, self.prompt)
+        if self._fast_blocker() is None:
+            if self._decoder is None:
+                self._decoder = StaticGreedyDecoder(model)
+            return self._decoder.generate(pixel_values, ids, self.max_new_tokens,
+                                          min_new_tokens=model.text_decoder.generation_config.min_new_tokens or 0)
+        input_ids = generation_prompt(self.bundle.tokenizer, self._spec, self.prompt, pixel_values.shape[0])
+        kwargs = {}
+        if input_ids is not None:
+            input_ids = input_ids.to(pixel_values.device)
+            kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        return model.generate(pixel_values=pixel_values, max_new_tokens=self.max_new_tokens,
+                              num_beams=self.num_beams, do_sample=False, **kwargs)
+
     def _caption_batch(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
         model = self.model
         pixel_values = self.bundle.preprocess.batch(images).to(model.device, model.dtype)
-        input_ids = generation_prompt(self.bundle.tokenizer, self._spec, self.prompt, len(images))
-        kwargs = {}
-        if input_ids is not None:
-            kwargs = {"input_ids": input_ids.to(model.device), "attention_mask": torch.ones_like(input_ids).to(model.device)}
-        generated = model.generate(pixel_values=pixel_values, max_new_tokens=self.max_new_tokens,
-                                   num_beams=self.num_beams, do_sample=False, **kwargs)
+        generated = self.generate_ids(pixel_values)
         n_prompt = len(prompt_ids(self.bundle.tokenizer, self.prompt))
         texts = self.bundle.tokenizer.batch_decode(strip_prompt(generated, n_prompt), skip_special_tokens=True)
         return [text.strip() for text in texts]

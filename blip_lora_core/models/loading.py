@@ -25,6 +25,7 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BOS_TOKEN, ENC_TOKEN = "[DEC]", "[ENC]"
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPE_NAMES = tuple(_DTYPES)
 
 
 @dataclass
@@ -99,6 +100,31 @@ def build_on_meta(config: BlipConfig) -> BlipForConditionalGeneration:
     """The model's modules and shapes with no memory and no weights (milliseconds even for BLIP-large)."""
     with torch.device("meta"):
         return BlipForConditionalGeneration(config)
+
+
+@torch.no_grad()
+def build_random_blip(config: BlipConfig, seed: int = 0, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32) -> BlipForConditionalGeneration:
+    """The architecture of config with random weights, in eval mode, built without a download.
+
+    Built on the meta device and filled with uniform noise (std 0.02; norms 1, biases 0): about 8 s for
+    BLIP-large on the CPU, where the model's own initialisation takes longer.
+    """
+    model = build_on_meta(config).to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    bound = 0.02 * 3 ** 0.5
+    for name, param in model.named_parameters():
+        if param.ndim >= 2 or "embedding" in name:
+            param.uniform_(-bound, bound, generator=generator)
+        elif name.endswith("weight"):
+            param.fill_(1.0)
+        else:
+            param.zero_()
+    for name, buffer in model.named_buffers():
+        if name.endswith("position_ids"):
+            buffer.copy_(torch.arange(buffer.shape[-1], device=device).expand_as(buffer))
+    model.tie_weights()  # the output layer shares the word embeddings, as in the real checkpoint
+    return model.to(dtype).eval()
 
 
 def caption_words(captions: Iterable[str]) -> list[str]:

@@ -83,7 +83,8 @@ class CaptionerNode(Node):
         self._pipeline.start()
         self.get_logger().info(f"captioning {values['image_topic']} -> {values['caption_topic']} with "
                                f"{values['model']} on {self._live.device}, adapter "
-                               f"{values['adapter'] or '(none)'}, at most {values['max_rate_hz']} Hz")
+                               f"{values['adapter'] or '(none)'}, at most {values['max_rate_hz']} Hz; "
+                               f"{self._live.describe()}")
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self._pipeline.submit(msg, stamp_seconds(msg))
@@ -109,6 +110,7 @@ class CaptionerNode(Node):
         self._previous_stats = stats
         extra = [(name, str(self.get_parameter(name).value))
                  for name in ("image_topic", "caption_topic", "model", "adapter", "prompt", "max_rate_hz")]
+        extra.append(("decoder", self._live.describe()))
         stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(diagnostic_array(diagnosis, stamp, self._live.device, extra))
 

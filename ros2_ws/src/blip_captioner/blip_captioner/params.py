@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from blip_lora_core.models.caption_settings import QUANTIZE_CHOICES, CaptionSettings
 from blip_lora_core.models.captioning import Captioner
 from blip_lora_core.errors import BlipLoraError, ConfigError
 from blip_lora_core.models.loading import BLIP_LARGE
@@ -26,15 +27,20 @@ class ParamSpec:
     choices: tuple[str, ...] = ()
 
 
+_CAPTION = CaptionSettings()  # the caption defaults, shared with the command line
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("model", BLIP_LARGE, "BLIP base model: a hub id or a local folder"),
     ParamSpec("adapter", "", "LoRA adapter file; empty: the base model alone", runtime=True),
     ParamSpec("prompt", "", "text every caption starts with (e.g. 'a picture of'); empty: none", runtime=True),
     ParamSpec("device", "", "torch device (cuda, cuda:1, cpu); empty: cuda when present, else cpu"),
     ParamSpec("dtype", "", "fp32, fp16 or bf16; empty: fp16 on a GPU, fp32 on the CPU"),
-    ParamSpec("merge_adapter", True, "merge the adapter into the weights (faster) instead of hooks", runtime=True),
-    ParamSpec("max_new_tokens", 30, "longest caption, in tokens", runtime=True, low=1, high=512),
-    ParamSpec("num_beams", 1, "beam search width; 1: greedy", runtime=True, low=1, high=16),
+    ParamSpec("quantize", "", "int8: dynamic int8 linear layers (CPU, fp32, merged adapter); empty: none",
+              choices=("",) + QUANTIZE_CHOICES),
+    ParamSpec("merge_adapter", _CAPTION.merge, "merge the adapter into the weights (faster) instead of hooks",
+              runtime=True),
+    ParamSpec("max_new_tokens", _CAPTION.max_new_tokens, "longest caption, in tokens", runtime=True, low=1, high=512),
+    ParamSpec("num_beams", _CAPTION.num_beams, "beam search width; 1: greedy (fast static-cache decoder)",
+              runtime=True, low=1, high=16),
     ParamSpec("max_rate_hz", 2.0, "at most this many captions a second; 0: as fast as the model goes",
               runtime=True, low=0.0, high=1000.0),
     ParamSpec("publish_on_change_only", False, "publish a caption only when it differs from the last one",
@@ -59,11 +65,11 @@ def check_values(values: Mapping[str, Any]) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def _load_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameter values -> Captioner.from_pretrained keyword arguments (empty strings mean 'default')."""
-    return dict(adapter=values["adapter"] or None, device=values["device"] or None, dtype=values["dtype"] or None,
-                merge_adapter=values["merge_adapter"], prompt=values["prompt"] or None,
-                max_new_tokens=values["max_new_tokens"], num_beams=values["num_beams"])
+def caption_settings(values: Mapping[str, Any]) -> CaptionSettings:
+    """Parameter values -> validated CaptionSettings (empty strings mean 'default'); batches of one frame."""
+    return CaptionSettings(prompt=values["prompt"], max_new_tokens=values["max_new_tokens"],
+                           num_beams=values["num_beams"], device=values["device"], dtype=values["dtype"],
+                           merge=values["merge_adapter"], quantize=values["quantize"], batch_size=1)
 
 
 class LiveCaptioner:
@@ -76,12 +82,18 @@ class LiveCaptioner:
     @classmethod
     def load(cls, values: Mapping[str, Any], loader: Callable[..., Captioner] | None = None) -> "LiveCaptioner":
         """Load the base model (and adapter) once; BlipLoraError when it cannot be loaded."""
-        captioner = (loader or Captioner.from_pretrained)(values["model"], **_load_kwargs(values))
+        captioner = (loader or Captioner.from_pretrained)(values["model"], caption_settings(values),
+                                                          adapter=values["adapter"] or None)
         return cls(captioner, values["adapter"], values["merge_adapter"])
 
     @property
     def device(self) -> str:
         return str(getattr(getattr(self.captioner, "model", None), "device", "unknown"))
+
+    def describe(self) -> str:
+        """The decoding path, device, dtype and quantization (Captioner.describe); reads settings only, so it
+        does not wait for a caption in progress."""
+        return self.captioner.describe()
 
     def caption(self, image: Any) -> str:
         """(H, W, 3) uint8 RGB -> caption."""
@@ -99,11 +111,12 @@ class LiveCaptioner:
                                             changes.get("merge_adapter", self.merge))
                 if reason:
                     return reason
-            if "prompt" in changes:
-                self.captioner.prompt = changes["prompt"] or None
-            for name in ("max_new_tokens", "num_beams"):
-                if name in changes:
-                    setattr(self.captioner, name, changes[name])
+            try:
+                for name in ("prompt", "max_new_tokens", "num_beams"):
+                    if name in changes:
+                        setattr(self.captioner, name, changes[name])
+            except BlipLoraError as error:  # CaptionSettings' validation
+                return str(error)
         return None
 
     def _swap_adapter(self, adapter: str, merge: bool) -> str | None:

@@ -13,7 +13,8 @@ from PIL import Image
 from bag_fixtures import (Frame, camera_frames, raw_msg, read_topic, seed_frames, storage_file, string_msg,
                           write_bag)
 from blip_lora_core.bags.extract import ExtractOptions, extract_frames
-from blip_lora_core.bags.reader import read_camera, resolve_bag
+from blip_lora_core.bags.reader import read_camera
+from blip_lora_core.bags.storage import resolve_bag
 from blip_lora_core.errors import BagError, ConfigError, DataError
 from blip_lora_core.runtime.image_msgs import decode_message
 from blip_lora_training.cli import main
@@ -349,7 +350,7 @@ def test_caption_to_a_bag(bag, tmp_path, out_name, storage):
 
     captions, _ = _replay(bag, max_rate_hz=3.0)  # 6 captions: the 7th would come 2 ns after the last frame
     out = tmp_path / out_name
-    write_captions(out, captions, storage=storage)
+    write_captions(out, captions, source=bag, storage=storage)
     if out.is_dir():
         assert storage_file(out).suffix == {"mcap": ".mcap", "sqlite3": ".db3"}[storage]
     messages = read_topic(out, "/caption")

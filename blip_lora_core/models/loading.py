@@ -60,6 +60,7 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
     The vision encoder's attention runs through SDPA (attention.py). Never runs remote code. Raises
     BlipLoraError with the name when anything cannot be loaded.
     """
+    _check_local_folder(name_or_path)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
@@ -79,6 +80,15 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
     model.to(target).eval()
     use_fast_attention(model)
     return BlipBundle(model, tokenizer, preprocess, name_or_path, revision or "")
+
+
+def _check_local_folder(name_or_path: str) -> None:
+    """A name that can only be a path (absolute, ./ ../ ~, or more than one /) must be an existing folder."""
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.strip("/").count("/") > 1
+    if looks_local and not path.is_dir():
+        what = "is a file, not a model folder" if path.exists() else "does not exist"
+        raise BlipLoraError(f"cannot load BLIP model: the folder {name_or_path} {what}")
 
 
 def blip_large_config() -> BlipConfig:

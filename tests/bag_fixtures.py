@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+import os
+from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,7 +163,19 @@ def write_distro_bag(path: Path, frames: Iterable[Frame], distro: str, storage: 
             writer.write(connections[key], frame.time_ns, bytes(store.serialize_cdr(frame.msg, key[1])))
     if version < 8:
         edit_metadata(path, lambda info: _downgrade(info, version))
+    if storage == "sqlite3" and not compression:
+        sqlite_edit(storage_file(path), *_SQLITE_SCHEMA_EDITS[distro])
     return path
+
+
+# what rosbags' sqlite schema (4, Jazzy) has that the older recorders' schemas did not
+_SQLITE_SCHEMA_EDITS = {
+    "foxy": ("DROP TABLE schema", "DROP TABLE metadata", "DROP TABLE message_definitions",
+             "ALTER TABLE topics DROP COLUMN type_description_hash"),
+    "humble": ("UPDATE schema SET schema_version = 3, ros_distro = 'humble'", "DROP TABLE message_definitions",
+               "ALTER TABLE topics DROP COLUMN type_description_hash"),
+    "jazzy": ("UPDATE schema SET ros_distro = 'jazzy'",),
+}
 
 
 def _downgrade(info: dict, version: int) -> None:
@@ -190,3 +204,27 @@ def sqlite_edit(db3: Path, *statements: str) -> None:
         for statement in statements:
             con.execute(statement)
     con.close()
+
+
+def file_digests(bag: Path) -> dict[str, str]:
+    """sha256 of every file of an input bag: a folder's files, or a storage file with its companions
+    (``-wal``, ``-shm``) and the metadata.yaml beside it. New or vanished files show as changed keys."""
+    import hashlib
+
+    bag = Path(os.path.realpath(bag))
+    if bag.is_dir():
+        files = [p for p in bag.rglob("*") if p.is_file()]
+    else:
+        files = [p for p in bag.parent.iterdir() if p.name.startswith(bag.name) or p.name == "metadata.yaml"]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
+
+
+@contextmanager
+def unchanged(bag: Any) -> Iterator[None]:
+    """Assert that the input ``bag`` is byte for byte the same after the block, even if the block raises."""
+    before = file_digests(Path(bag)) if Path(bag).exists() else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            assert file_digests(Path(bag)) == before, f"the input bag {bag} was modified"

@@ -377,8 +377,8 @@ def test_a_missing_model_folder_says_it_does_not_exist(tmp_path, capsys):
     bag = _bag(tmp_path / "rec")
     code, err = _cli(capsys, "caption", bag, "--topic", TOPIC, "--out", tmp_path / "c.jsonl",
                      "--model", tmp_path / "no_model")
-    assert code == 2 and err == [f"blip-lora bag: error: cannot load BLIP model: the folder {tmp_path / 'no_model'} "
-                                 f"does not exist"]
+    assert code == 2 and err == [f"blip-lora bag: error: cannot load BLIP model '{tmp_path / 'no_model'}': "
+                                 f"the folder does not exist"]
 
 
 def _undecodable_bag(tmp_path: Path) -> Path:

@@ -24,8 +24,10 @@ def check_not_input(out: Path, bag: str | os.PathLike) -> None:
     """
     given = Path(bag)
     guarded = [given]
-    if given.is_file() and (given.parent / METADATA).is_file():
-        guarded.append(given.parent)
+    if given.is_file():
+        guarded += [given.with_name(given.name + companion) for companion in ("-wal", "-shm")]
+        if (given.parent / METADATA).is_file():
+            guarded.append(given.parent)
     target = Path(os.path.realpath(out))
     for path in guarded:
         real = Path(os.path.realpath(path))

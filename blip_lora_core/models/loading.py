@@ -87,8 +87,8 @@ def _check_local_folder(name_or_path: str) -> None:
     path = Path(name_or_path).expanduser()
     looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.strip("/").count("/") > 1
     if looks_local and not path.is_dir():
-        what = "is a file, not a model folder" if path.exists() else "does not exist"
-        raise BlipLoraError(f"cannot load BLIP model: the folder {name_or_path} {what}")
+        what = "it is a file, not a folder" if path.exists() else "the folder does not exist"
+        raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: {what}")
 
 
 def blip_large_config() -> BlipConfig:

@@ -137,6 +137,14 @@ def test_the_api_refuses_too(tmp_path):
         write_captions(bag / "c.jsonl", captions, source=bag, force=True)
     with pytest.raises(BagError, match="contains the input bag"):
         write_captions(tmp_path, captions, source=storage_file(bag), force=True)
+    (tmp_path / "old.jsonl").write_text("{}\n")  # an unrelated existing output beside a file given alone
+    alone = tmp_path / "alone.db3"
+    alone.write_bytes(storage_file(bag).read_bytes())
+    write_captions(tmp_path / "old.jsonl", captions, source=alone, force=True)
+    hard = tmp_path / "hard.db3"  # another name for the same file
+    os.link(alone, hard)
+    with pytest.raises(BagError, match="is the input bag"):
+        write_captions(hard, captions, source=alone, force=True)
 
 
 # ---- 2. an output path that cannot be created --------------------------------------------------------------

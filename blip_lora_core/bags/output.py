@@ -31,7 +31,7 @@ def check_not_input(out: Path, bag: str | os.PathLike) -> None:
     target = Path(os.path.realpath(out))
     for path in guarded:
         real = Path(os.path.realpath(path))
-        if target == real or (out.exists() and os.path.samefile(out, real)):
+        if target == real or (out.exists() and real.exists() and os.path.samefile(out, real)):
             relation = "is"
         elif target in real.parents:
             relation = "contains"

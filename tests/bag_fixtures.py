@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+import os
+from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,100 @@ def camera_frames(images: Sequence[np.ndarray], kinds: Sequence[str], topic: str
             msg = image_msg(rgb, kind.removesuffix("_pad"), header_ns, pad=5 if kind.endswith("_pad") else 0)
         frames.append(Frame(topic, msg, stamp + 3_000_000))
     return frames
+
+
+# ---- bags as each ROS 2 distro's recorder writes them -------------------------------------------------
+
+METADATA_VERSION = {"foxy": 4, "humble": 5, "jazzy": 9}
+_V8_ONLY_KEYS = {4: ("files", "custom_data", "ros_distro"), 5: ("custom_data", "ros_distro")}
+STORES = {"foxy": Stores.ROS2_FOXY, "humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY}
+
+
+def write_distro_bag(path: Path, frames: Iterable[Frame], distro: str, storage: str = "sqlite3",
+                     compression: str | None = None) -> Path:
+    """A bag folder as ``distro``'s ``ros2 bag record`` writes it: messages serialised with that distro's
+    typestore and metadata.yaml in its version (Foxy 4, Humble 5, Jazzy 9, with their keys only).
+
+    ``compression`` "file" or "message" compresses with zstd like ``--compression-mode``.
+    """
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode
+    from rosbags.typesys import get_typestore
+
+    store, version = get_typestore(STORES[distro]), METADATA_VERSION[distro]
+    connections: dict[tuple[str, str], Any] = {}
+    writer = Writer(path, version=9 if version == 9 else 8, storage_plugin=_STORAGE[storage])
+    if compression:
+        writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
+    with writer:
+        for frame in frames:
+            key = (frame.topic, frame.msg.__msgtype__)
+            if key not in connections:
+                connections[key] = writer.add_connection(frame.topic, key[1], typestore=store)
+            writer.write(connections[key], frame.time_ns, bytes(store.serialize_cdr(frame.msg, key[1])))
+    if version < 8:
+        edit_metadata(path, lambda info: _downgrade(info, version))
+    if storage == "sqlite3" and not compression:
+        sqlite_edit(storage_file(path), *_SQLITE_SCHEMA_EDITS[distro])
+    return path
+
+
+# what rosbags' sqlite schema (4, Jazzy) has that the older recorders' schemas did not
+_SQLITE_SCHEMA_EDITS = {
+    "foxy": ("DROP TABLE schema", "DROP TABLE metadata", "DROP TABLE message_definitions",
+             "ALTER TABLE topics DROP COLUMN type_description_hash"),
+    "humble": ("UPDATE schema SET schema_version = 3, ros_distro = 'humble'", "DROP TABLE message_definitions",
+               "ALTER TABLE topics DROP COLUMN type_description_hash"),
+    "jazzy": ("UPDATE schema SET ros_distro = 'jazzy'",),
+}
+
+
+def _downgrade(info: dict, version: int) -> None:
+    info["version"] = version
+    for key in _V8_ONLY_KEYS[version]:
+        info.pop(key, None)
+    for topic in info["topics_with_message_count"]:
+        topic["topic_metadata"].pop("type_description_hash", None)
+
+
+def edit_metadata(bag: Path, edit: Any) -> None:
+    """Apply ``edit(info)`` to the rosbag2_bagfile_information mapping of bag/metadata.yaml."""
+    import yaml
+
+    data = yaml.safe_load((bag / "metadata.yaml").read_text())
+    edit(data["rosbag2_bagfile_information"])
+    (bag / "metadata.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def sqlite_edit(db3: Path, *statements: str) -> None:
+    """Run SQL statements on a .db3 being built (never on a bag under test)."""
+    import sqlite3
+
+    con = sqlite3.connect(db3)
+    with con:
+        for statement in statements:
+            con.execute(statement)
+    con.close()
+
+
+def file_digests(bag: Path) -> dict[str, str]:
+    """sha256 of every file of an input bag: a folder's files, or a storage file with its companions
+    (``-wal``, ``-shm``) and the metadata.yaml beside it. New or vanished files show as changed keys."""
+    import hashlib
+
+    bag = Path(os.path.realpath(bag))
+    if bag.is_dir():
+        files = [p for p in bag.rglob("*") if p.is_file()]
+    else:
+        files = [p for p in bag.parent.iterdir() if p.name.startswith(bag.name) or p.name == "metadata.yaml"]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
+
+
+@contextmanager
+def unchanged(bag: Any) -> Iterator[None]:
+    """Assert that the input ``bag`` is byte for byte the same after the block, even if the block raises."""
+    before = file_digests(Path(bag)) if Path(bag).exists() else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            assert file_digests(Path(bag)) == before, f"the input bag {bag} was modified"

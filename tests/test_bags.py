@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from bag_fixtures import (Frame, camera_frames, raw_msg, read_topic, seed_frames, storage_file, string_msg,
-                          write_bag)
+                          unchanged, write_bag)
 from blip_lora_core.bags.extract import ExtractOptions, extract_frames
-from blip_lora_core.bags.reader import read_camera, resolve_bag
+from blip_lora_core.bags.reader import read_camera
+from blip_lora_core.bags.storage import resolve_bag
 from blip_lora_core.errors import BagError, ConfigError, DataError
 from blip_lora_core.runtime.image_msgs import decode_message
 from blip_lora_training.cli import main
@@ -62,8 +63,24 @@ def mcap_bag(images, _bags) -> Path:
     return _cached_bag(_bags, images, "mcap")
 
 
+# Every command below goes through these wrappers, which check that the input bag is byte for byte unchanged
+# (test_bag_inputs.py::test_bag_tests_run_every_command_through_the_input_guard checks that).
+
+
 def _cli(*args) -> int:
-    return main(["bag", *map(str, args)])
+    """`blip-lora bag ACTION BAG ...`."""
+    with unchanged(args[1]):
+        return main(["bag", *map(str, args)])
+
+
+def _extract(bag, out, options, **kwargs):
+    with unchanged(bag):
+        return extract_frames(bag, out, options, **kwargs)
+
+
+def _read(bag, topic) -> list:
+    with unchanged(bag):
+        return list(read_camera(bag, topic))
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -81,7 +98,7 @@ def _leftovers(parent: Path) -> list[str]:
 @pytest.mark.parametrize("as_file", [False, True])
 def test_lossless_frames_decode_to_the_source_pixels(bag, images, topic, as_file):
     source = storage_file(bag) if as_file else bag
-    messages = list(read_camera(source, topic))
+    messages = _read(source, topic)
     assert [m.index for m in messages] == list(range(len(images)))
     for message, expected in zip(messages, images):
         np.testing.assert_array_equal(decode_message(message.msg), expected)
@@ -93,7 +110,7 @@ def test_bare_folder_without_metadata_reads_its_storage_file(bag, tmp_path, imag
     bare.mkdir()
     shutil.copy(storage_file(bag), bare)
     assert resolve_bag(bare) == bare / storage_file(bag).name
-    assert len(list(read_camera(bare, RAW))) == len(images)
+    assert len(_read(bare, RAW)) == len(images)
 
 
 # ---- extract --------------------------------------------------------------------------------------------
@@ -135,7 +152,7 @@ def test_every_keeps_one_frame_per_interval(bag, tmp_path):
 
 def test_every_falls_back_to_receive_time(tmp_path, images):
     bag = write_bag(tmp_path / "b", camera_frames(images[:10], ["rgb8"], RAW, stamped=False), "mcap")
-    report = extract_frames(bag, tmp_path / "ds", ExtractOptions(RAW, every=0.45))
+    report = _extract(bag, tmp_path / "ds", ExtractOptions(RAW, every=0.45))
     rows = _rows(tmp_path / "ds")
     assert report.kept == 2 and report.skipped_every == 8
     assert [r["stamp_source"] for r in rows] == ["receive", "receive"]
@@ -150,7 +167,7 @@ def test_dedup_skips_near_duplicates(tmp_path, images):
         repeated += [image] + [np.clip(image.astype(int) + rng.integers(-1, 2, image.shape), 0, 255)
                                .astype(np.uint8) for _ in range(2)]
     bag = write_bag(tmp_path / "b", camera_frames(repeated, ["png"], RAW), "sqlite3")
-    report = extract_frames(bag, tmp_path / "ds", ExtractOptions(RAW, dedup_threshold=2.0))
+    report = _extract(bag, tmp_path / "ds", ExtractOptions(RAW, dedup_threshold=2.0))
     assert report.kept == 6 and report.skipped_duplicate == 12
     assert [r["index"] for r in _rows(tmp_path / "ds")] == [0, 3, 6, 9, 12, 15]
 
@@ -182,7 +199,7 @@ def test_extract_refuses_to_overwrite(bag, tmp_path, capsys):
 def test_unlabelled_rows_are_refused_by_the_dataset_reader(bag, tmp_path):
     from blip_lora_core.train.data import read_jsonl
 
-    extract_frames(bag, tmp_path / "ds", ExtractOptions(RAW, every=1.0))
+    _extract(bag, tmp_path / "ds", ExtractOptions(RAW, every=1.0))
     with pytest.raises(DataError, match="text"):
         read_jsonl(tmp_path / "ds" / "annotations.jsonl")
 
@@ -216,7 +233,7 @@ def test_missing_topic_lists_the_topics_present(bag, tmp_path, capsys):
 
 def test_unsupported_message_type_is_named(bag, tmp_path):
     with pytest.raises(BagError, match="std_msgs/msg/String"):
-        extract_frames(bag, tmp_path / "ds", ExtractOptions("/status"))
+        _extract(bag, tmp_path / "ds", ExtractOptions("/status"))
     assert not (tmp_path / "ds").exists() and _leftovers(tmp_path) == []
 
 
@@ -237,7 +254,7 @@ def test_corrupt_files_name_the_file_and_leave_no_output(bag, tmp_path, damage):
     broken.write_bytes(bytes(data))
     out = tmp_path / "ds"
     with pytest.raises(BagError, match=str(broken)):
-        extract_frames(broken, out, ExtractOptions(RAW, strict=True))
+        _extract(broken, out, ExtractOptions(RAW, strict=True))
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
@@ -255,7 +272,7 @@ def test_damaged_bags_raise_only_bag_errors(tmp_path, images, storage):
         broken = tmp_path / f"t{trial}{storage_file(bag).suffix}"
         broken.write_bytes(bytes(data))
         try:
-            extract_frames(broken, tmp_path / f"out{trial}", ExtractOptions(RAW))
+            _extract(broken, tmp_path / f"out{trial}", ExtractOptions(RAW))
         except BagError as exc:
             assert str(broken) in str(exc)
             assert not (tmp_path / f"out{trial}").exists()
@@ -278,7 +295,7 @@ def _bag_with_bad_frame(tmp_path: Path, images: list[np.ndarray]) -> Path:
 
 def test_bad_frame_is_skipped_and_counted(tmp_path, images, caplog):
     bag = _bag_with_bad_frame(tmp_path, images)
-    report = extract_frames(bag, tmp_path / "ds", ExtractOptions(RAW))
+    report = _extract(bag, tmp_path / "ds", ExtractOptions(RAW))
     assert report.kept == 4 and report.bad_frames == 1
     assert [r["index"] for r in _rows(tmp_path / "ds")] == [0, 1, 3, 4]
     assert "yuv444" in caplog.text and f"message 2 on {RAW}" in caplog.text
@@ -313,7 +330,8 @@ def _mean_caption(image: np.ndarray) -> str:
 def _replay(bag, **kwargs):
     from blip_lora_core.bags.caption import ReplayOptions, replay_captions
 
-    return replay_captions(bag, kwargs.pop("caption_fn", _mean_caption), ReplayOptions(RAW, **kwargs))
+    with unchanged(bag):
+        return replay_captions(bag, kwargs.pop("caption_fn", _mean_caption), ReplayOptions(RAW, **kwargs))
 
 
 def test_caption_to_jsonl_with_the_model(mcap_bag, images, tmp_path, tiny_model_dir, capsys):
@@ -349,7 +367,7 @@ def test_caption_to_a_bag(bag, tmp_path, out_name, storage):
 
     captions, _ = _replay(bag, max_rate_hz=3.0)  # 6 captions: the 7th would come 2 ns after the last frame
     out = tmp_path / out_name
-    write_captions(out, captions, storage=storage)
+    write_captions(out, captions, source=bag, storage=storage)
     if out.is_dir():
         assert storage_file(out).suffix == {"mcap": ".mcap", "sqlite3": ".db3"}[storage]
     messages = read_topic(out, "/caption")

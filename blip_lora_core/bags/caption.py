@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .reader import (BagMessage, check_output, looks_like_bag, read_camera, resolve_bag, stamp_seconds,
-                   write_strings)
+from .output import check_not_input, check_output, looks_like_bag, write_strings
+from .reader import BagMessage, ns_to_seconds, read_camera
+from .storage import resolve_bag
 from ..train.data import write_jsonl
 from ..errors import BagError, BlipLoraError, ImageDecodeError
 from ..runtime.image_msgs import decode_message
@@ -36,7 +37,8 @@ from ..runtime.pipeline import CaptionPipeline, Outcome
 
 log = logging.getLogger(__name__)
 
-CaptionFn = Callable[[np.ndarray], str]
+FrameCaptioner = Callable[[np.ndarray], str]
+"""One (H, W, 3) uint8 RGB frame -> its caption."""
 REALTIME_DRAIN_S = 30.0  # how long realtime mode waits for the last frame's caption
 
 
@@ -60,7 +62,7 @@ class TimedCaption:
     caption: str
 
     def row(self) -> dict[str, Any]:
-        return {"stamp": stamp_seconds(self.time_ns), "image_stamp": self.image_stamp, "caption": self.caption}
+        return {"stamp": ns_to_seconds(self.time_ns), "image_stamp": self.image_stamp, "caption": self.caption}
 
 
 @dataclass
@@ -84,7 +86,7 @@ class _Recorder:
     """
 
     now_ns: Callable[[], int]
-    caption_fn: CaptionFn
+    caption_fn: FrameCaptioner
     bag: str
     topic: str
     fail_fast: bool = False
@@ -119,7 +121,7 @@ class _Recorder:
             self.errors.append(error)
 
 
-def replay_captions(bag: str | os.PathLike, caption_fn: CaptionFn,
+def replay_captions(bag: str | os.PathLike, caption_fn: FrameCaptioner,
                     options: ReplayOptions) -> tuple[list[TimedCaption], ReplayReport]:
     """Run the caption pipeline over the camera topic of ``bag``; captions in publish order.
 
@@ -135,6 +137,9 @@ def replay_captions(bag: str | os.PathLike, caption_fn: CaptionFn,
                           stats.inference_errors, str(recorder.errors[0]) if recorder.errors else None)
     if options.strict and recorder.errors:
         raise recorder.errors[0]
+    if report.decode_errors == messages:
+        raise BagError(f"{recorder.bag}: no frames captioned from {options.topic} ({messages} messages, all "
+                       f"undecodable); first: {report.first_error}")
     return recorder.captions, report
 
 
@@ -190,7 +195,7 @@ def _advance(pipeline: CaptionPipeline, clock: _BagClock, until_ns: int, recorde
 def _submit(pipeline: CaptionPipeline, recorder: _Recorder, item: BagMessage) -> None:
     with recorder.lock:
         recorder.indices[id(item.msg)] = item.index
-    pipeline.submit(item.msg, stamp_seconds(item.stamp_ns))
+    pipeline.submit(item.msg, ns_to_seconds(item.stamp_ns))
 
 
 class _WallToBag:
@@ -243,20 +248,22 @@ def _bag_name(bag: str | os.PathLike) -> str:
     return str(resolve_bag(bag))
 
 
-def check_caption_output(out: Path, force: bool) -> None:
-    """BagError unless ``out`` may be written: absent or empty, or ``force`` and a JSONL file / a bag."""
+def check_caption_output(out: Path, force: bool, source: str | os.PathLike) -> None:
+    """BagError unless ``out`` may be written: not the ``source`` bag nor inside or around it, creatable, and
+    absent or empty, or ``force`` and a JSONL file / a bag."""
+    check_not_input(out, source)
     if out.suffix == ".jsonl":
         check_output(out, force, lambda p: p.is_file(), "a JSONL file")
     else:
         check_output(out, force, looks_like_bag, "a ROS 2 bag")
 
 
-def write_captions(out: str | os.PathLike, captions: list[TimedCaption], *, topic: str = "/caption",
-                   storage: str = "mcap", force: bool = False) -> None:
-    """Captions to ``out``: JSONL (``.jsonl``) or a bag of std_msgs/String on ``topic`` (``.mcap``, ``.db3``
-    or a folder with ``storage``); written whole or not at all."""
+def write_captions(out: str | os.PathLike, captions: list[TimedCaption], *, source: str | os.PathLike,
+                   topic: str = "/caption", storage: str = "mcap", force: bool = False) -> None:
+    """Captions of the bag ``source`` to ``out``: JSONL (``.jsonl``) or a bag of std_msgs/String on ``topic``
+    (``.mcap``, ``.db3`` or a folder with ``storage``); written whole or not at all."""
     out = Path(out)
-    check_caption_output(out, force)
+    check_caption_output(out, force, source)
     if out.suffix == ".jsonl":
         write_jsonl(out, [c.row() for c in captions])
         return

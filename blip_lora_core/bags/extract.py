@@ -21,7 +21,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .reader import BagMessage, check_output, read_camera, resolve_bag, stamp_parts, stamp_seconds, staged_output
+from .output import check_not_input, check_output, staged_output
+from .reader import BagMessage, ns_to_seconds, read_camera, stamp_parts
+from .storage import resolve_bag
 from ..train.data import write_jsonl
 from ..errors import BagError, ConfigError, ImageDecodeError
 from ..runtime.image_msgs import decode_message
@@ -32,7 +34,8 @@ ANNOTATIONS = "annotations.jsonl"
 IMAGES = "images"
 THUMB_SIZE = 32
 MAX_WARNINGS = 5
-CaptionFn = Callable[[list[np.ndarray]], list[str]]
+BatchCaptioner = Callable[[list[np.ndarray]], list[str]]
+"""A batch of (H, W, 3) uint8 RGB frames -> one caption each."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class ExtractOptions:
 class Precaption:
     """Fill each row's text with ``caption_fn`` (batches of ``batch_size``); ``meta`` is kept in each row."""
 
-    caption_fn: CaptionFn
+    caption_fn: BatchCaptioner
     batch_size: int = 8
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -83,7 +86,7 @@ def extract_frames(bag: str | os.PathLike, out: str | os.PathLike, options: Extr
     written into a temporary sibling folder renamed into place at the end: a failure leaves no output.
     """
     out = Path(out)
-    check_output(out, force, lambda p: (p / ANNOTATIONS).is_file(), f"a dataset folder (no {ANNOTATIONS})")
+    check_extract_output(bag, out, force)
     report = ExtractReport(out)
     with staged_output(out) as staged:
         (staged / IMAGES).mkdir(parents=True)
@@ -95,6 +98,13 @@ def extract_frames(bag: str | os.PathLike, out: str | os.PathLike, options: Extr
     if report.bad_frames:
         log.warning("skipped %d undecodable frame(s) on %s", report.bad_frames, options.topic)
     return report
+
+
+def check_extract_output(bag: str | os.PathLike, out: Path, force: bool) -> None:
+    """BagError unless ``out`` may be written: not the input bag nor inside or around it, creatable, and
+    absent or empty (or, with ``force``, a dataset folder)."""
+    check_not_input(out, bag)
+    check_output(out, force, lambda p: (p / ANNOTATIONS).is_file(), f"a dataset folder (no {ANNOTATIONS})")
 
 
 def _extract_rows(bag: str | os.PathLike, folder: Path, options: ExtractOptions,
@@ -160,7 +170,7 @@ def _caption_batch(batch: list[tuple[dict[str, Any], np.ndarray]], precaption: P
 
 def _row(item: BagMessage, name: str, topic: str, bag: str) -> dict[str, Any]:
     return {"image": f"{IMAGES}/{name}", "text": "", "reviewed": False,
-            "stamp": stamp_seconds(item.stamp_ns), "ros_stamp": stamp_parts(item.stamp_ns),
+            "stamp": ns_to_seconds(item.stamp_ns), "ros_stamp": stamp_parts(item.stamp_ns),
             "stamp_source": item.stamp_source, "bag_time_ns": item.time_ns,
             "topic": topic, "bag": bag, "index": item.index}
 

@@ -62,6 +62,7 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
     The vision encoder's attention runs through SDPA (_compat.py). Never runs remote code. Raises
     BlipLoraError with the name when anything cannot be loaded.
     """
+    _check_local_folder(name_or_path)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     try:
@@ -86,6 +87,15 @@ def disable_progress_bars() -> None:
     """No progress bars from transformers (its weight-loading bar) or huggingface_hub (downloads)."""
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
+
+
+def _check_local_folder(name_or_path: str) -> None:
+    """A name that can only be a path (absolute, ./ ../ ~, or more than one /) must be an existing folder."""
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.strip("/").count("/") > 1
+    if looks_local and not path.is_dir():
+        what = "it is a file, not a folder" if path.exists() else "the folder does not exist"
+        raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: {what}")
 
 
 def blip_large_config() -> BlipConfig:

@@ -82,14 +82,16 @@ def _add_strict(parser: argparse.ArgumentParser) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from blip_lora_core.bags.extract import ExtractOptions, Precaption, extract_frames  # the [bags] extra
+    from blip_lora_core.bags.extract import (ExtractOptions, Precaption, check_extract_output,  # the [bags] extra
+                                             extract_frames)
     from blip_lora_core.bags.reader import check_camera_topic
 
     options = ExtractOptions(args.topic, every=args.every, dedup_threshold=args.dedup_threshold,
                              strict=args.strict)
     precaption = None
-    if args.precaption:
-        check_camera_topic(args.bag, args.topic)  # fail fast, before loading the model
+    if args.precaption:  # fail fast, before loading the model
+        check_extract_output(args.bag, args.out, args.force)
+        check_camera_topic(args.bag, args.topic)
         captioner = captioner_from_args(args)
         meta = {"model": args.model, "adapter": args.adapter, "prompt": args.prompt}
         precaption = Precaption(captioner.caption, batch_size=args.batch_size, meta=meta)
@@ -110,11 +112,12 @@ def run_caption(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-rate-hz must be >= 0, got {args.max_rate_hz}")
     options = ReplayOptions(args.topic, max_rate_hz=args.max_rate_hz, publish_on_change_only=args.on_change,
                             realtime=args.realtime, strict=args.strict)
-    check_caption_output(args.out, args.force)  # fail fast, before loading the model
+    check_caption_output(args.out, args.force, args.bag)  # fail fast, before loading the model
     check_camera_topic(args.bag, args.topic)
     captioner = captioner_from_args(args)
     captions, report = replay_captions(args.bag, lambda image: captioner.caption([image])[0], options)
-    write_captions(args.out, captions, topic=args.caption_topic, storage=args.storage, force=args.force)
+    write_captions(args.out, captions, source=args.bag, topic=args.caption_topic, storage=args.storage,
+                   force=args.force)
     print(f"wrote {report.captions} captions of {report.messages} frames on {args.topic} to {args.out} "
           f"({report.dropped} replaced by newer frames, {report.decode_errors} undecodable, "
           f"{report.inference_errors} model failures)")

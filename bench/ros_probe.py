@@ -1,11 +1,11 @@
 """A camera and a listener in one ROS 2 process, for the node tests: `python ros_probe.py SPEC.json`.
 
 SPEC keys: topic (image topic), caption_topic (default /caption), frames (list of messages, below),
-expect_captions (wait until each frame's caption comes back on caption_topic/stamped, matched by stamp),
-frame_timeout_s, diagnostics_s (then listen to /diagnostics this long), stream ({fps, seconds, width, height}:
+frame_timeout_s, diagnostics_s (listen to /diagnostics from the start, and this long at the end), stream ({fps, seconds, width, height}:
 a 640x480-style rgb8 stream stamped with the current time; reports every stamped caption's age).
 A frame: {kind: image|compressed, encoding/height/width/step or format, data_b64, sec, nanosec, frame_id,
-reliable (default false: best effort)}. Prints one JSON line: frames, captions, diagnostics, ages.
+reliable (default false: best effort), expect (default true: publish again every 0.5 s until its caption
+comes back on caption_topic/stamped, matched by stamp; false: publish `repeat` times)}. Prints one JSON line: frames, captions, diagnostics, ages.
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ class Probe:
         self.node.create_subscription(DiagnosticArray, caption_topic + "/stamped", self._on_stamped, 50)
         self.publishers = {}
         self.topic = spec.get("topic", "/camera/image_raw")
+        if spec.get("diagnostics_s"):
+            self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            self.diagnostics.append(dict(t=time.monotonic(), level=status.level[0], name=status.name,
+                                         message=status.message, values=_values(status)))
 
     def _publisher(self, kind: str, reliable: bool):
         key = (kind, reliable)
@@ -87,7 +94,7 @@ class Probe:
         publisher = self._publisher(frame["kind"], frame.get("reliable", False))
         self.wait_for_subscriber(publisher)
         msg, stamp = _message(frame), (frame["sec"], frame["nanosec"])
-        if not self.spec.get("expect_captions", True):
+        if not frame.get("expect", True):
             for _ in range(frame.get("repeat", 3)):
                 publisher.publish(msg)
                 self.spin_for(0.1)
@@ -116,15 +123,6 @@ class Probe:
             rclpy.spin_once(self.node, timeout_sec=max(0.0, min(0.005, (sent / fps) - elapsed)))
         return sent
 
-    def listen_diagnostics(self, seconds: float) -> None:
-        def on_diagnostics(msg: DiagnosticArray) -> None:
-            for status in msg.status:
-                self.diagnostics.append(dict(t=time.monotonic(), level=status.level[0], name=status.name,
-                                             message=status.message, values=_values(status)))
-
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 50)
-        self.spin_for(seconds)
-
 
 def main() -> None:
     with open(sys.argv[1]) as file:
@@ -135,9 +133,7 @@ def main() -> None:
     if "stream" in spec:
         report["sent"] = probe.stream(**spec["stream"])
         probe.spin_for(2.0)
-    if spec.get("diagnostics_s"):
-        probe.listen_diagnostics(spec["diagnostics_s"])
-    probe.spin_for(spec.get("linger_s", 0.3))
+    probe.spin_for(spec.get("diagnostics_s") or 0.3)
     report.update(captions=probe.captions, diagnostics=probe.diagnostics, ages=probe.ages,
                   latencies=[float(s["values"]["latency_s"]) for s in probe.stamped.values()])
     probe.node.destroy_node()

@@ -74,7 +74,8 @@ def colcon_build(src: Path, out: Path, env: dict[str, str]) -> Path:
                "--base-paths", str(src), "--build-base", str(out / "build"), "--install-base", str(out / "install")]
     done = subprocess.run(command, cwd=out, env=dict(env, PYTHONDONTWRITEBYTECODE="1"), capture_output=True,
                           text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    if done.returncode != 0:
+        raise RuntimeError(f"colcon build of {src} failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
     return out / "install"
 
 

@@ -4,7 +4,7 @@ SPEC keys: topic (image topic), caption_topic (default /caption), frames (list o
 frame_timeout_s, diagnostics_s (listen to /diagnostics from the start, and this long at the end), stream ({fps, seconds, width, height}:
 a 640x480-style rgb8 stream stamped with the current time; reports every stamped caption's age).
 A frame: {kind: image|compressed, encoding/height/width/step or format, data_b64, sec, nanosec, frame_id,
-reliable (default false: best effort), expect (default true: publish again every 0.5 s until its caption
+reliable (default false: best effort), stamp_now (stamp it with the current time at each publish), expect (default true: publish again every 0.5 s until its caption
 comes back on caption_topic/stamped, matched by stamp; false: publish `repeat` times)}. Prints one JSON line: frames, captions, diagnostics, ages.
 """
 
@@ -93,19 +93,23 @@ class Probe:
         """Publish one frame (again every 0.5 s) until its stamped caption arrives; None if not expected."""
         publisher = self._publisher(frame["kind"], frame.get("reliable", False))
         self.wait_for_subscriber(publisher)
-        msg, stamp = _message(frame), (frame["sec"], frame["nanosec"])
+        msg = _message(frame)
+        sent = {(frame["sec"], frame["nanosec"])}
         if not frame.get("expect", True):
             for _ in range(frame.get("repeat", 3)):
                 publisher.publish(msg)
                 self.spin_for(0.1)
             return None
         end = time.monotonic() + self.spec.get("frame_timeout_s", 30.0)
-        while stamp not in self.stamped:
+        while not sent & set(self.stamped):
             if time.monotonic() > end:
                 raise SystemExit(f"no caption for frame {frame['frame_id']} within the timeout")
+            if frame.get("stamp_now"):
+                msg.header.stamp = self.node.get_clock().now().to_msg()
+                sent.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
             publisher.publish(msg)
             self.spin_for(0.5)
-        return dict(self.stamped[stamp], sent_frame_id=frame["frame_id"])
+        return dict(self.stamped[(sent & set(self.stamped)).pop()], sent_frame_id=frame["frame_id"])
 
     def stream(self, fps: float, seconds: float, width: int, height: int) -> int:
         publisher = self._publisher("image", False)

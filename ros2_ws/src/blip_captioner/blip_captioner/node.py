@@ -10,6 +10,7 @@ whose values are adapter, prompt and latency_s) and ``/diagnostics`` once a seco
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from typing import Any
@@ -195,6 +196,9 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C in a terminal reaches the node twice (the terminal's process group and ros2 launch forwarding
+        # it): a second one must not cut the clean-up short with a KeyboardInterrupt traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -26,6 +26,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
+from blip_lora_core.errors import BlipLoraError
 from blip_lora_core.runtime.diagnostics import Diagnosis, Level, diagnose
 from blip_lora_core.runtime.image_msgs import decode_message
 from blip_lora_core.runtime.pipeline import CaptionPipeline, PipelineStats, stamp_seconds
@@ -173,9 +174,10 @@ class CaptionerNode(Node):
 
 def _one_line(error: BaseException) -> str:
     """An exception as one line: rclpy's InvalidTopicNameException spans three (name, reason, a ^ marker)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip() and set(line.strip()) != {"^"}]
+    lines = [line.strip().rstrip(":") for line in str(error).splitlines()
+             if line.strip() and set(line.strip()) != {"^"}]
     text = ": ".join(lines) or type(error).__name__
-    return text if type(error).__name__ in text or "cannot" in text else f"{type(error).__name__}: {text}"
+    return text if isinstance(error, BlipLoraError) else f"{type(error).__name__}: {text}"
 
 
 def main(args: list[str] | None = None) -> int:

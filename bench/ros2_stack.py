@@ -69,6 +69,7 @@ def _source(scripts: list[Path], base: dict[str, str]) -> dict[str, str]:
 
 def colcon_build(src: Path, out: Path, env: dict[str, str]) -> Path:
     """colcon build of the packages under ``src`` into ``out``/{build,install,log}; the install folder."""
+    out.mkdir(parents=True, exist_ok=True)
     colcon = Path(sys.executable).parent / "colcon"
     command = [str(colcon if colcon.exists() else "colcon"), "--log-base", str(out / "log"), "build",
                "--base-paths", str(src), "--build-base", str(out / "build"), "--install-base", str(out / "install")]

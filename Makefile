@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
+# The node tests extract ../shared/ros2-humble once into .ros2/ and colcon-build ros2_ws on it (or use a
+# sourced ROS 2): see bench/ros2_stack.py.
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
@@ -30,4 +32,4 @@ gpu-bench:
 	bash bench/gpu.sh
 
 clean:
-	rm -rf $(VENV) build ros2_ws/build ros2_ws/install ros2_ws/log
+	rm -rf $(VENV) build ros2_ws/build ros2_ws/install ros2_ws/log .ros2

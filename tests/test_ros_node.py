@@ -55,6 +55,14 @@ def param(env, *args: str) -> str:
     return (done.stdout + done.stderr.split("disabling multicast\n")[-1]).strip()
 
 
+def params_at_once(env, *commands: tuple[str, ...]) -> list[str]:
+    """Several `ros2 param` commands run side by side (each CLI start takes about a second); their outputs."""
+    processes = [subprocess.Popen(["ros2", "param", *command], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for command in commands]
+    outputs = [process.communicate(timeout=60) for process in processes]
+    return [(out + err.split("disabling multicast\n")[-1]).strip() for out, err in outputs]
+
+
 def send(env, folder, frames, **spec) -> dict:
     return probe(env, dict(topic=TOPIC, frames=frames, **spec), folder)
 
@@ -127,7 +135,8 @@ def test_diagnostics_once_a_second_ok_then_warn_after_undecodable_frames(ros_env
     assert "foo16" in launched.output()
 
 
-def test_run_time_parameters_through_ros2_param(ros_env, launched, photos, reference, adapters, tmp_path):
+def test_run_time_parameters_through_ros2_param(ros_env, launched, photos, reference, adapters, tmp_path,
+                                                tiny_model_dir):
     frames, seen = frames_of(photos[:2], start=400)
 
     def caption(start: int) -> list[str]:
@@ -154,25 +163,26 @@ def test_run_time_parameters_through_ros2_param(ros_env, launched, photos, refer
 
     assert param(ros_env, "set", NODE, "max_rate_hz", "2.5") == "Set parameter successful"
     assert param(ros_env, "get", NODE, "max_rate_hz") == "Double value is: 2.5"
-    assert param(ros_env, "set", NODE, "max_rate_hz", "fast") == \
-        "Setting parameter failed: max_rate_hz must be a number, got 'fast'"
-    assert param(ros_env, "set", NODE, "max_rate_hz", "-1") == \
-        "Setting parameter failed: max_rate_hz must be from 0.0 to 1000.0, got -1"
-    assert param(ros_env, "set", NODE, "max_rate_hz", "-1.0") == \
-        "Setting parameter failed: Parameter max_rate_hz out of range Min: 0.0, Max: 1000.0, value: -1.0"
-    assert param(ros_env, "set", NODE, "num_beams", "17") == \
-        "Setting parameter failed: Parameter num_beams out of range. Min: 1, Max: 16, value: 17"
-    assert param(ros_env, "set", NODE, "model", "other/model") == \
-        "Setting parameter failed: Trying to set a read-only parameter: model."
-    assert param(ros_env, "get", NODE, "max_rate_hz") == "Double value is: 2.5"
-    described = param(ros_env, "describe", NODE, "max_rate_hz", "model")
+    refused = params_at_once(
+        ros_env, ("set", NODE, "max_rate_hz", "fast"), ("set", NODE, "max_rate_hz", "-1"),
+        ("set", NODE, "max_rate_hz", "-1.0"), ("set", NODE, "num_beams", "17"), ("set", NODE, "model", "other/model"),
+        ("describe", NODE, "max_rate_hz", "model"))
+    assert refused[:5] == [
+        "Setting parameter failed: max_rate_hz must be a number, got 'fast'",
+        "Setting parameter failed: max_rate_hz must be from 0.0 to 1000.0, got -1",
+        "Setting parameter failed: Parameter max_rate_hz out of range Min: 0.0, Max: 1000.0, value: -1.0",
+        "Setting parameter failed: Parameter num_beams out of range. Min: 1, Max: 16, value: 17",
+        "Setting parameter failed: Trying to set a read-only parameter: model."]
+    described = refused[5]
     for line in ("Min value: 0.0", "Max value: 1000.0", "Additional constraints: a number from 0 to 1000 (integer or float)"):
         assert line in described.split("Parameter name: model")[0]
     assert "Read only: true" in described.split("Parameter name: model")[1]
+    assert params_at_once(ros_env, ("get", NODE, "max_rate_hz"), ("get", NODE, "model"), ("get", NODE, "num_beams")) \
+        == ["Double value is: 2.5", f"String value is: {tiny_model_dir}", "Integer value is: 2"]
 
-    assert param(ros_env, "set", NODE, "prompt", "''") == "Set parameter successful"
-    assert param(ros_env, "set", NODE, "num_beams", "1") == "Set parameter successful"
-    assert param(ros_env, "set", NODE, "adapter", adapters["a"]) == "Set parameter successful"
+    assert params_at_once(ros_env, ("set", NODE, "prompt", "''"), ("set", NODE, "num_beams", "1"),
+                          ("set", NODE, "adapter", adapters["a"]), ("set", NODE, "max_rate_hz", "0")) == \
+        ["Set parameter successful"] * 4
     assert caption(440) == reference(seen, adapters["a"])
     assert launched.running and "Traceback" not in launched.output()
 

@@ -80,3 +80,35 @@ def test_a_launch_with_a_missing_model_reports_the_fatal_line(ros_env, tmp_path)
     assert "[FATAL]" in output and "blip_captioner cannot start: cannot load BLIP model" in output
     assert "exit code 1" in output and "Traceback" not in output
     node.stop()
+
+
+CALLBACK_SCRIPT = """
+import sys
+import rclpy
+from rclpy.parameter import Parameter
+from blip_captioner.node import CaptionerNode
+
+rclpy.init()
+node = CaptionerNode(parameter_overrides=[Parameter("model", value=sys.argv[1]), Parameter("device", value="cpu")])
+
+def out_of_memory(changes):
+    raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+node._live.apply = out_of_memory
+result = node.set_parameters([Parameter("adapter", value="/models/big.safetensors")])[0]
+print("RESULT", result.successful, result.reason)
+print("ADAPTER", repr(node.get_parameter("adapter").value))
+node._live.apply = lambda changes: None
+print("AGAIN", node.set_parameters([Parameter("prompt", value="a picture of")])[0].successful)
+node.destroy_node()
+rclpy.shutdown()
+"""
+
+
+def test_an_exception_in_the_parameter_callback_refuses_the_change_and_the_node_lives_on(ros_env, tiny_model_dir):
+    """A real rclpy node whose model raises while applying a change (CUDA OOM in a merge, say)."""
+    done = run(ros_env, "python3", "-c", CALLBACK_SCRIPT, str(tiny_model_dir), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "RESULT False RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB" in done.stdout
+    assert "ADAPTER ''" in done.stdout and "AGAIN True" in done.stdout
+    assert "parameter change failed: RuntimeError: CUDA out of memory" in done.stderr

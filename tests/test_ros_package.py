@@ -166,3 +166,13 @@ def test_launch_arguments_override_only_when_given(launch_file):
     assert _launch(launch_file, compressed="false").kwargs["parameters"][1] == {"compressed": False}
     with pytest.raises(ValueError, match="compressed:='maybe' must be true or false"):
         _launch(launch_file, compressed="maybe")
+
+
+def test_without_any_ros_2_the_node_tests_say_how_to_run_them(monkeypatch, tmp_path):
+    from bench import ros2_stack
+
+    monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
+    monkeypatch.setattr(ros2_stack, "TARBALL", tmp_path / "absent.tar.gz")
+    with pytest.raises(ros2_stack.Ros2Unavailable) as info:
+        ros2_stack.base_environment()
+    assert "source /opt/ros/humble/setup.bash" in str(info.value) and "make test" in str(info.value)

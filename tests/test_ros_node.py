@@ -163,6 +163,9 @@ def test_run_time_parameters_through_ros2_param(ros_env, launched, photos, refer
 
     assert param(ros_env, "set", NODE, "max_rate_hz", "2.5") == "Set parameter successful"
     assert param(ros_env, "get", NODE, "max_rate_hz") == "Double value is: 2.5"
+    streamed = probe(ros_env, dict(topic=TOPIC, stream=dict(fps=20, seconds=3.0, width=96, height=72)),
+                     launched.folder)
+    assert streamed["sent"] >= 50 and 5 <= len(streamed["ages"]) <= 2.5 * 3.0 + 2  # 60 frames, ~8 captions
     refused = params_at_once(
         ros_env, ("set", NODE, "max_rate_hz", "fast"), ("set", NODE, "max_rate_hz", "-1"),
         ("set", NODE, "max_rate_hz", "-1.0"), ("set", NODE, "num_beams", "17"), ("set", NODE, "model", "other/model"),

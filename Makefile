@@ -28,6 +28,8 @@ $(VENV)/.transformers-lines: $(VENV)/.installed Makefile
 	done
 	touch $@
 
+# The node tests extract ../shared/ros2-humble once into .ros2/ and colcon-build ros2_ws on it (or use a
+# sourced ROS 2): see bench/ros2_stack.py.
 test: $(VENV)/.installed $(VENV)/.transformers-lines
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
@@ -41,4 +43,4 @@ gpu-bench:
 	bash bench/gpu.sh
 
 clean:
-	rm -rf $(VENV) build ros2_ws/build ros2_ws/install ros2_ws/log
+	rm -rf $(VENV) build ros2_ws/build ros2_ws/install ros2_ws/log .ros2

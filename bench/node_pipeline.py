@@ -3,6 +3,7 @@
     python -m bench.node_pipeline                      # fake 0.1 s model and the tiny BLIP, 300 frames each
     python -m bench.node_pipeline --model /path/to/blip --frames 900 --memory-frames 10000
     python -m bench.node_pipeline --model fake --fake-inference-s 0.25 --skip-realtime
+    python -m bench.node_pipeline --model tiny --real-dds --skip-memory   # adds the node over real DDS
 
 Real time: frames are published at --fps with real sleeps while the pipeline's worker captions; reports the
 caption rate, the age of each caption (publish time minus image stamp, median and p95) against one inference
@@ -11,6 +12,10 @@ Memory: --memory-frames frames through the same pipeline on a simulated clock (n
 stepped whenever it would be free, inference advances the clock by its measured or fake duration); RSS is
 sampled every 1000 frames (goal: flat).
 Messages are the real ROS 2 type (rosbags' sensor_msgs/msg/Image), decoded by blip_lora_core.runtime.image_msgs.
+Real DDS (--real-dds): the blip_captioner node itself, started with `ros2 launch` on a real ROS 2 (see
+bench/ros2_stack.py), and a camera process publishing over Cyclone DDS on loopback; ages are measured by the
+camera process when the caption comes back on /caption/stamped, dropped frames come from the node's
+/diagnostics, and the node's RSS is sampled once a second.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from rosbags.typesys import Stores, get_typestore
@@ -142,6 +148,71 @@ def run_realtime(model: Model, frames: int, fps: float, max_rate_hz: float) -> R
                           stats.frames_dropped, stats.decode_errors + stats.inference_errors)
 
 
+# ---------------------------------------------------------------- real DDS: the node itself
+
+
+@dataclass
+class DdsResult(RealtimeResult):
+    """A real-DDS run: frames the node received (the rest were lost in best-effort DDS) and its RSS samples."""
+
+    received: int = 0
+    rss: list[tuple[float, float]] = field(default_factory=list)
+
+    def rss_drift_mib(self, after_s: float = 5.0) -> float:
+        """RSS change of the node from ``after_s`` seconds into the stream to its end (warm-up excluded)."""
+        start = next(mib for t, mib in self.rss if t >= after_s)
+        return self.rss[-1][1] - start
+
+
+def _node_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_real_dds(model_dir: str, seconds: float, fps: float, folder: Path, env: dict[str, str] | None = None,
+                 max_new_tokens: int = 20) -> DdsResult:
+    """Launch blip_captioner (max_rate_hz 0) and stream ``fps`` Hz 640x480 rgb8 at it for ``seconds``."""
+    import re
+    import yaml
+
+    from bench import ros2_stack
+
+    env = env or ros2_stack.environment(folder / "ros2_ws")
+    config = yaml.safe_load((ros2_stack.SRC / "blip_captioner" / "config" / "captioner.yaml").read_text())
+    config["/**"]["ros__parameters"].update(model=model_dir, device="cpu", max_rate_hz=0.0,
+                                            max_new_tokens=max_new_tokens, image_topic="/bench/image_raw")
+    params = folder / "bench_params.yaml"
+    params.write_text(yaml.safe_dump(config))
+    node = ros2_stack.Launched(env, ["ros2", "launch", "blip_captioner", "blip_captioner.launch.py",
+                                     f"params_file:={params}"], folder / "bench_launch.log")
+    try:
+        node.wait_for("[blip_captioner]: captioning")
+        pid = int(re.search(r"\[blip_captioner-1\]: process started with pid \[(\d+)\]", node.output()).group(1))
+        rss: list[tuple[float, float]] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            began = time.monotonic()
+            while not stop.wait(1.0):
+                rss.append((time.monotonic() - began, _node_rss_mib(pid)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        spec = dict(topic="/bench/image_raw", stream=dict(fps=fps, seconds=seconds, width=WIDTH, height=HEIGHT),
+                    diagnostics_s=1.5)
+        report = ros2_stack.probe(env, spec, folder, timeout=seconds + 120)
+        stop.set()
+        sampler.join()
+    finally:
+        code = node.stop()
+    if code != 0:
+        raise RuntimeError(f"the node did not stop cleanly (exit {code}):\n{node.output()[-3000:]}")
+    last = [d for d in report["diagnostics"] if d["name"] == "blip_captioner: captioning"][-1]["values"]
+    return DdsResult("tiny BLIP, node over real DDS", report["sent"], seconds, len(report["ages"]), report["ages"],
+                     statistics.median(report["latencies"]), int(last["frames_dropped"]),
+                     int(last["decode_errors"]) + int(last["inference_errors"]), int(last["frames_received"]), rss)
+
+
 # ---------------------------------------------------------------- memory, simulated clock
 
 
@@ -258,6 +329,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample-every", type=int, default=1000)
     parser.add_argument("--skip-realtime", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--real-dds", action="store_true", help="add the node itself over real DDS (needs ROS 2 "
+                        "sourced or ../shared/ros2-humble)")
+    parser.add_argument("--dds-seconds", type=float, default=20.0, help="length of the real-DDS stream")
     return parser.parse_args(argv)
 
 
@@ -269,6 +343,15 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_realtime:
         results = [run_realtime(load_model(spec, args, sleep=True), args.frames, args.fps, args.max_rate_hz)
                    for spec in specs]
+        if args.real_dds:
+            from blip_lora_core.models.loading import build_tiny_blip
+
+            folder = Path(tempfile.mkdtemp(prefix="bench_dds_"))
+            dds = run_real_dds(str(build_tiny_blip(folder / "tiny", TINY_CAPTIONS, seed=0)), args.dds_seconds,
+                               args.fps, folder)
+            results.append(dds)
+            print(f"Real DDS: {dds.frames} frames sent, {dds.received} received by the node, node RSS drift "
+                  f"{dds.rss_drift_mib():+.1f} MiB from 5 s to {dds.rss[-1][0]:.0f} s\n")
         print(f"## Real time ({args.frames} frames)\n\n{realtime_table(results, args.fps, 1.5)}\n")
         print("Age = publish time - image stamp. The newest frame can be up to one frame interval old when the "
               "worker takes it, so a model faster than about 2 frame intervals cannot reach 1.5x; its floor is "

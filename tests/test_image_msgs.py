@@ -330,6 +330,32 @@ def test_png_is_exact(fmt: str) -> None:
     np.testing.assert_array_equal(out, rgb)
 
 
+@pytest.mark.parametrize("fmt", ["tiff", "TIFF", "tif", "rgb8; tiff compressed bgr8"])
+def test_tiff_is_exact(fmt: str) -> None:
+    rgb = np.random.default_rng(3).integers(0, 256, (7, 11, 3), dtype=np.uint8)
+    tiff = cv2.imencode(".tiff", np.ascontiguousarray(rgb[:, :, ::-1]))[1]
+    out = decode_message(compressed_msg(fmt, tiff))
+    _check_output(out, 7, 11)
+    np.testing.assert_array_equal(out, rgb)
+
+
+@pytest.mark.parametrize("fmt, kind", [("rgb8; png compressed rgb8", ".png"), ("png compressed rgb8", ".png"),
+                                       ("rgb8; tiff compressed rgb8", ".tiff"),
+                                       ("rgb8; jpeg compressed rgb8 ", ".jpg")])
+def test_a_payload_declared_rgb8_keeps_its_channel_order(fmt: str, kind: str) -> None:
+    """'... compressed rgb8': the compressed bytes hold R, G, B in that order (no BGR swap)."""
+    rgb = _smooth_rgb(16, 24) if kind == ".jpg" else np.random.default_rng(5).integers(0, 256, (6, 8, 3), np.uint8)
+    payload = cv2.imencode(kind, rgb)[1]  # written as is: cv2 takes the channels for B, G, R
+    out = decode_message(compressed_msg(fmt, payload))
+    if kind == ".jpg":
+        assert np.abs(out.astype(int) - rgb).mean() < 2.0
+        swapped = decode_message(compressed_msg("rgb8; jpeg compressed bgr8", payload))
+        assert np.abs(swapped.astype(int) - rgb).mean() > 20.0  # the bgr8 reading would swap R and B
+    else:
+        np.testing.assert_array_equal(out, rgb)
+        np.testing.assert_array_equal(decode_message(compressed_msg("png", payload)), rgb[:, :, ::-1])
+
+
 def test_png_gray_rgba_and_16bit() -> None:
     gray = np.random.default_rng(4).integers(0, 256, (5, 6), dtype=np.uint8)
     np.testing.assert_array_equal(decode_compressed("png", cv2.imencode(".png", gray)[1]), _gray3(gray))
@@ -411,7 +437,8 @@ BAD_COMPRESSED = [
     ("jpeg", b"", ["data is empty"]),
     ("jpeg", b"\xff\xd8\xff\xe0 definitely not a jpeg", ["not a decodable", "26 bytes"]),
     ("png", bytes(range(256)), ["not a decodable", "256 bytes"]),
-    ("tiff", b"II*\x00", ["unsupported"]),
+    ("tiff", b"II*\x00", ["not a decodable", "4 bytes"]),
+    ("bmp", b"BM\x00\x00", ["unsupported", "jpeg, png or tiff"]),
     ("16UC1; compressedDepth png", b"\x89PNG", ["depth"]),
     (None, b"\x89PNG", ["format must be a string"]),
 ]

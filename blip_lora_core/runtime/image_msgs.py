@@ -65,7 +65,7 @@ _LAYOUTS: dict[str, _Layout] = {
 
 SUPPORTED_ENCODINGS: frozenset[str] = frozenset(_LAYOUTS)
 
-_COMPRESSED_KINDS = ("jpeg", "jpg", "png")
+_COMPRESSED_KINDS = ("jpeg", "jpg", "png", "tiff", "tif")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -175,7 +175,16 @@ def _check_format(fmt: Any) -> None:
     if "compresseddepth" in lowered:
         raise ImageDecodeError(f"compressed image, format {_short(fmt)}: depth images are not camera images")
     if lowered.strip() and not any(kind in lowered for kind in _COMPRESSED_KINDS):
-        raise ImageDecodeError(f"compressed image, format {_short(fmt)}: unsupported, expected jpeg or png")
+        raise ImageDecodeError(f"compressed image, format {_short(fmt)}: unsupported, expected jpeg, png or tiff")
+
+
+def _payload_is_rgb(fmt: str) -> bool:
+    """True when the format names the compressed payload's channel order as RGB ('rgb8; png compressed rgb8').
+
+    image_transport writes 'ORIGINAL; KIND compressed PAYLOAD'; the payload is bgr8 unless it says rgb8/rgba8.
+    """
+    lowered = fmt.lower()
+    return "compressed" in lowered and lowered.rsplit("compressed", 1)[1].strip() in ("rgb8", "rgba8")
 
 
 def _check_png_chunks(buf: np.ndarray, what: str) -> None:
@@ -203,7 +212,8 @@ def _check_png_chunks(buf: np.ndarray, what: str) -> None:
 def decode_compressed(fmt: str, data: Any) -> np.ndarray:
     """sensor_msgs/CompressedImage format + data -> (H, W, 3) uint8 RGB, C-contiguous.
 
-    ``fmt`` is e.g. 'jpeg', 'png' or 'rgb8; jpeg compressed bgr8' (an empty format is sniffed from the bytes).
+    ``fmt`` is e.g. 'jpeg', 'png', 'tiff' or 'rgb8; jpeg compressed bgr8' (an empty format is sniffed from the
+    bytes); a payload declared rgb8 ('... compressed rgb8') holds its channels in RGB order.
     """
     _check_format(fmt)
     what = f"compressed image, format {_short(fmt)}"
@@ -217,7 +227,9 @@ def decode_compressed(fmt: str, data: Any) -> np.ndarray:
     except cv2.error as exc:
         raise ImageDecodeError(f"{what}: OpenCV failed on {buf.size} bytes ({exc})") from exc
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
-        raise ImageDecodeError(f"{what}: {buf.size} bytes are not a decodable jpeg/png image")
+        raise ImageDecodeError(f"{what}: {buf.size} bytes are not a decodable jpeg/png/tiff image")
+    if _payload_is_rgb(fmt):
+        return np.ascontiguousarray(bgr)
     return _convert(f"{what}, {bgr.shape[0]}x{bgr.shape[1]}", bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -1,4 +1,4 @@
-"""ament_python package blip_captioner; launch/ and config/ are links to the repository's top-level folders."""
+"""ament_python package blip_captioner; it holds its own launch/ and config/ (the repository top level links here)."""
 
 from glob import glob
 

@@ -55,14 +55,32 @@ PARAMS: tuple[ParamSpec, ...] = (
 )
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
 RUNTIME: frozenset[str] = frozenset(spec.name for spec in PARAMS if spec.runtime)
+FLOATS: frozenset[str] = frozenset(spec.name for spec in PARAMS if isinstance(spec.default, float))
 
 
-def check_values(values: Mapping[str, Any]) -> None:
-    """Raise ConfigError naming every value outside its choices."""
+def _number_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid float parameter ``name`` (an int is fine: YAML ``2``, ``param set ... 0``)."""
+    spec = SPECS[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number, got {value!r}"
+    if spec.low is not None and not spec.low <= value <= spec.high:
+        return f"{name} must be from {spec.low} to {spec.high}, got {value!r}"
+    return None
+
+
+def checked(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values with float parameters as float; ConfigError naming every value outside its type, range or choices.
+
+    rclpy declares float parameters with dynamic typing (it refuses an INTEGER for a DOUBLE otherwise, and
+    checks no range for an INTEGER), so their type and range are checked here.
+    """
     problems = [f"{name} must be one of {', '.join(SPECS[name].choices)}, got {value!r}"
                 for name, value in values.items() if SPECS[name].choices and value not in SPECS[name].choices]
+    problems += [problem for name, value in values.items() if name in FLOATS
+                 for problem in [_number_problem(name, value)] if problem]
     if problems:
         raise ConfigError("; ".join(problems))
+    return {name: float(value) if name in FLOATS else value for name, value in values.items()}
 
 
 def caption_settings(values: Mapping[str, Any]) -> CaptionSettings:
@@ -146,6 +164,10 @@ def apply_changes(changes: Mapping[str, Any], live: LiveCaptioner, pipeline: Cap
     fixed = sorted(name for name in changes if name in SPECS and name not in RUNTIME)
     if fixed:
         return f"{', '.join(fixed)} cannot change while the node runs: restart the node to change it"
+    try:
+        changes = checked({name: value for name, value in changes.items() if name in SPECS})
+    except ConfigError as error:
+        return str(error)
     reason = live.apply(changes)
     if reason:
         return reason

@@ -4,6 +4,7 @@
     ros2 launch blip_captioner blip_captioner.launch.py image_topic:=/camera/color/image_raw \\
         adapter:=/path/to/adapter.safetensors
     ros2 launch blip_captioner blip_captioner.launch.py params_file:=/path/to/my_captioner.yaml compressed:=true
+    ros2 launch blip_captioner blip_captioner.launch.py namespace:=robot1   # /robot1/blip_captioner
 
 An argument left empty (the default) keeps the value from params_file, so the YAML stays the one place
 where defaults live.
@@ -48,14 +49,16 @@ def parameter_overrides(arguments: dict[str, str]) -> dict[str, str | bool]:
 def _node(context, *args, **kwargs) -> list:
     arguments = {name: LaunchConfiguration(name).perform(context) for name in OVERRIDES}
     params_file = LaunchConfiguration("params_file").perform(context)
-    return [Node(package=PACKAGE, executable=PACKAGE, name=PACKAGE, output="screen", emulate_tty=True,
-                 parameters=[params_file, parameter_overrides(arguments)])]
+    namespace = LaunchConfiguration("namespace").perform(context)
+    return [Node(package=PACKAGE, executable=PACKAGE, name=PACKAGE, namespace=namespace, output="screen",
+                 emulate_tty=True, parameters=[params_file, parameter_overrides(arguments)])]
 
 
 def generate_launch_description() -> LaunchDescription:
     default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "captioner.yaml")
     arguments = [DeclareLaunchArgument("params_file", default_value=default_params,
-                                       description="YAML file with the node's parameters")]
+                                       description="YAML file with the node's parameters (keyed /**)"),
+                 DeclareLaunchArgument("namespace", default_value="", description="namespace of the node")]
     arguments += [DeclareLaunchArgument(name, default_value="", description=f"{text} (empty: from params_file)")
                   for name, text in OVERRIDES.items()]
     return LaunchDescription(arguments + [OpaqueFunction(function=_node)])

@@ -1,0 +1,156 @@
+"""A real ROS 2 for the node tests and the real-DDS benchmark: a sourced install, or the tree from ../shared.
+
+Every ROS process (the node, ros2 launch/param/topic, bench/ros_probe.py) runs as a subprocess with the
+environment from ``environment``: ROS sourced (the shared tree is extracted once into .ros2/), ros2_ws built
+by colcon on top, this venv's python first on PATH, ROS_LOCALHOST_ONLY=1 and a ROS_DOMAIN_ID of its own per
+pytest-xdist worker.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARBALL = ROOT.parent / "shared" / "ros2-humble" / "ros2-humble-minimal.tar.gz"
+CACHE = ROOT / ".ros2"
+TREE = CACHE / "ros2-humble-minimal"
+SRC = ROOT / "ros2_ws" / "src"
+PROBE = Path(__file__).resolve().parent / "ros_probe.py"
+UNAVAILABLE = ("no ROS 2 found: these tests run the node on a real ROS 2. Run `source /opt/ros/humble/setup.bash` "
+               "(or jazzy) then `make test`, or put the shared ROS 2 tree at ../shared/ros2-humble/")
+
+
+def _sourced() -> bool:
+    return bool(os.environ.get("AMENT_PREFIX_PATH")) and shutil.which("ros2") is not None
+
+
+def extract_tree() -> Path:
+    """Extract the shared tarball once into .ros2/ (a lock serialises pytest workers); its setup.bash."""
+    CACHE.mkdir(exist_ok=True)
+    marker = CACHE / "extracted-from.txt"
+    stamp = f"{TARBALL} {TARBALL.stat().st_size} {TARBALL.stat().st_mtime_ns}"
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (marker.is_file() and marker.read_text() == stamp and (TREE / "setup.bash").is_file()):
+            partial = CACHE / "partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(TREE, ignore_errors=True)
+            partial.mkdir()
+            with tarfile.open(TARBALL) as archive:
+                archive.extractall(partial, filter="tar")
+            (partial / TREE.name).rename(TREE)
+            partial.rmdir()
+            marker.write_text(stamp)
+    return TREE / "setup.bash"
+
+
+def domain_id() -> int:
+    """One DDS domain per pytest-xdist worker, offset by this checkout's path (parallel checkouts)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    return 20 + (zlib.crc32(str(ROOT).encode()) % 20) * 4 + index % 4
+
+
+def _source(scripts: list[Path], base: dict[str, str]) -> dict[str, str]:
+    command = " && ".join(f"source {script}" for script in scripts) + " && env -0"
+    done = subprocess.run(["bash", "-c", command], env=base, capture_output=True, timeout=60, check=True)
+    return dict(line.split("=", 1) for line in done.stdout.decode().split("\0") if "=" in line)
+
+
+def colcon_build(src: Path, out: Path, env: dict[str, str]) -> Path:
+    """colcon build of the packages under ``src`` into ``out``/{build,install,log}; the install folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    colcon = Path(sys.executable).parent / "colcon"
+    command = [str(colcon if colcon.exists() else "colcon"), "--log-base", str(out / "log"), "build",
+               "--base-paths", str(src), "--build-base", str(out / "build"), "--install-base", str(out / "install")]
+    done = subprocess.run(command, cwd=out, env=dict(env, PYTHONDONTWRITEBYTECODE="1"), capture_output=True,
+                          text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"colcon build of {src} failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
+    return out / "install"
+
+
+class Ros2Unavailable(RuntimeError):
+    """Neither a sourced ROS 2 nor the shared tree."""
+
+
+def base_environment() -> dict[str, str]:
+    """This process's environment with ROS sourced (the shared tree when none is); Ros2Unavailable if neither."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if _sourced():
+        return env
+    if not TARBALL.is_file():
+        raise Ros2Unavailable(UNAVAILABLE)
+    return _source([extract_tree()], env)
+
+
+def environment(folder: Path) -> dict[str, str]:
+    """The environment every ROS subprocess runs in: ROS + ros2_ws built into ``folder``, this repo importable."""
+    base = base_environment()
+    install = colcon_build(SRC, folder, base)
+    env = _source([install / "local_setup.sh"], base)
+    env.update(ROS_LOCALHOST_ONLY="1", ROS_DOMAIN_ID=str(domain_id()), PYTHONUNBUFFERED="1",
+               RCUTILS_COLORIZED_OUTPUT="0", HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+               OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
+    return env
+
+
+def run(env: dict[str, str], *command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """A ROS command line (ros2 ..., python ...) to completion; stdout and stderr as text."""
+    return subprocess.run(list(command), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class Launched:
+    """A `ros2 launch` (or any command) in its own process group, output to a file; stop() sends SIGINT."""
+
+    def __init__(self, env: dict[str, str], command: list[str], log: Path) -> None:
+        self.log = log
+        self._file = open(log, "w")
+        self.process = subprocess.Popen(command, env=env, stdout=self._file, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            assert self.process.poll() is None, f"exited with {self.process.returncode}:\n{self.output()[-4000:]}"
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.output()[-4000:]}"
+            time.sleep(0.2)
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGINT to the process group (Ctrl-C); the exit status. Kills it if it hangs (and fails)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+                raise AssertionError(f"did not stop on SIGINT within {timeout} s:\n{self.output()[-3000:]}")
+        self._file.close()
+        return self.process.returncode
+
+
+def probe(env: dict[str, str], spec: dict, folder: Path, timeout: float = 120) -> dict:
+    """tests/ros_probe.py with ``spec`` (see its docstring) in a ROS subprocess; its JSON report."""
+    path = folder / f"probe_{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(spec))
+    done = run(env, sys.executable, str(PROBE), str(path), timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,1 +1,0 @@
-"""Fake builtin_interfaces package (messages from rosbags' typestore)."""

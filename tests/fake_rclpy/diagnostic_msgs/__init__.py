@@ -1,1 +1,0 @@
-"""Fake diagnostic_msgs package (messages from rosbags' typestore)."""

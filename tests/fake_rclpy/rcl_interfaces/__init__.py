@@ -1,1 +1,0 @@
-"""Fake rcl_interfaces package (messages from rosbags' typestore)."""

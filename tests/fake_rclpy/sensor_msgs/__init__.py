@@ -1,1 +1,0 @@
-"""Fake sensor_msgs package (messages from rosbags' typestore)."""

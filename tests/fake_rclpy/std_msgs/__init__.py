@@ -1,1 +1,0 @@
-"""Fake std_msgs package (messages from rosbags' typestore)."""

@@ -114,3 +114,26 @@ def test_caption_options_reach_the_captioner(tiny_model_dir, tmp_path, flags, se
     expected = captioner.caption([Image.open(p).convert("RGB") for p in paths])
     assert [json.loads(line)["caption"] for line in out.read_text().splitlines()] == expected
     assert captioner.describe() == path
+
+
+def test_a_missing_command_module_fails_loudly(monkeypatch):
+    from blip_lora_training import cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "no_such_command"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_command"):
+        cli.build_parser()
+
+
+def test_a_command_whose_extra_is_missing_names_the_extra(monkeypatch, capsys, tmp_path):
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith(("blip_lora_core.train.metrics", "blip_lora_core.train.gallery",
+                                                          "pycocoevalcap"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pycocoevalcap", None)  # import pycocoevalcap -> ModuleNotFoundError
+    data = tmp_path / "d.jsonl"
+    data.write_text("")
+    assert main(["eval", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("blip-lora eval: error: this command needs the [train] extra (pycocoevalcap is not installed): "
+                   "pip install 'blip-lora[train]'\n")

@@ -38,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ModuleNotFoundError as error:
-        extra = EXTRA_OF_MODULE.get((error.name or "").partition(".")[0])
+        package = (error.name or "").partition(".")[0]
+        extra = EXTRA_OF_MODULE.get(package)
         if extra is None:
             raise
-        print(f"blip-lora {args.command}: error: this command needs the [{extra}] extra ({error.name} is not "
+        print(f"blip-lora {args.command}: error: this command needs the [{extra}] extra ({package} is not "
               f"installed): pip install 'blip-lora[{extra}]'", file=sys.stderr)
         return 2
     except BlipLoraError as error:

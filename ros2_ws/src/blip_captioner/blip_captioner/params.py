@@ -47,7 +47,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               runtime=True),
     ParamSpec("image_topic", "/camera/image_raw", "camera topic: sensor_msgs/Image, or CompressedImage "
               "when compressed is true (then usually .../image_raw/compressed)"),
-    ParamSpec("compressed", False, "image_topic carries sensor_msgs/CompressedImage (jpeg/png)"),
+    ParamSpec("compressed", False, "image_topic carries sensor_msgs/CompressedImage (jpeg/png/tiff)"),
     ParamSpec("caption_topic", "/caption", "topic the captions are published on (std_msgs/String)"),
     ParamSpec("qos_reliability", "best_effort", "best_effort receives from best-effort and reliable cameras "
               "alike; reliable receives nothing from a best-effort camera", choices=("best_effort", "reliable")),

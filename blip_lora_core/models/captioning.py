@@ -6,6 +6,7 @@ CUDA graphs on a GPU); beam search, and generation settings it does not copy, go
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,8 @@ class Captioner:
         self.settings = (settings or CaptionSettings()).with_changes(**overrides)
         self.adapter: AdapterInfo | None = None
         self._spec = TokenSpec.from_model(bundle.model)
+        # a prompt's token ids, tokenized once per prompt (not three times per batch)
+        self._prompt_ids = functools.lru_cache(maxsize=8)(lambda text: tuple(prompt_ids(bundle.tokenizer, text)))
         self._quantized: torch.nn.Module | None = None
         self._decoder: StaticGreedyDecoder | None = None
 
@@ -116,7 +119,7 @@ class Captioner:
         """Why captions go through generate() instead of the static-cache decoder, or None."""
         if not self.settings.fast:
             return "fast path off"
-        n_prompt = len(prompt_ids(self.bundle.tokenizer, self.prompt))
+        n_prompt = len(self._prompt_ids(self.prompt))
         return blocker(self.model, self.num_beams, n_prompt, self.max_new_tokens)
 
     def describe(self) -> str:
@@ -150,7 +153,7 @@ class Captioner:
     def generate_ids(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values (B, 3, S, S) on the model's device -> ids (B, 1 + prompt + n) as generate() gives them."""
         model = self._inference_model()
-        ids = prompt_ids(self.bundle.tokenizer, self.prompt)
+        ids = self._prompt_ids(self.prompt)
         if self._fast_blocker() is None:
             if self._decoder is None:
                 self._decoder = StaticGreedyDecoder(model)
@@ -168,6 +171,6 @@ class Captioner:
         model = self.model
         pixel_values = self.bundle.preprocess.batch(images).to(model.device, model.dtype)
         generated = self.generate_ids(pixel_values)
-        n_prompt = len(prompt_ids(self.bundle.tokenizer, self.prompt))
+        n_prompt = len(self._prompt_ids(self.prompt))
         texts = self.bundle.tokenizer.batch_decode(strip_prompt(generated, n_prompt), skip_special_tokens=True)
         return [text.strip() for text in texts]

@@ -111,7 +111,7 @@ class CaptionerNode(Node):
             name=values["image_topic"], warn=self.get_logger().warning)
         self._previous_stats: PipelineStats | None = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.create_timer(DIAGNOSTICS_PERIOD_S, self._on_diagnostics_timer)
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self._pipeline.start()
         self.get_logger().info(f"captioning {values['image_topic']} -> {values['caption_topic']} with "
                                f"{values['model']} on {self._live.device}, adapter "
@@ -139,9 +139,6 @@ class CaptionerNode(Node):
             reason = f"{type(error).__name__}: {error}"
             self.get_logger().error(f"parameter change failed: {reason}")
             return SetParametersResult(successful=False, reason=reason)
-
-    def _on_diagnostics_timer(self) -> None:
-        self._publish_diagnostics()
 
     def _apply(self, changes: dict[str, Any]) -> SetParametersResult:
         reason = apply_changes(changes, self._live, self._pipeline)

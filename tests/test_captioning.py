@@ -23,7 +23,8 @@ def _adapter(bundle, path, seed):
     inject_lora(bundle.model, ADAPTER)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in lora_layers(bundle.model).values():
+        for module in lora_layers(bundle.model).values():  # A too: inject_lora draws it from the global RNG
+            module.lora_A.copy_(torch.randn(module.lora_A.shape, generator=gen) * 0.1)
             module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=gen))
     save_adapter(bundle.model, path, config=ADAPTER)
     remove_lora(bundle.model)

@@ -152,7 +152,8 @@ def test_int8_quantizes_a_copy_and_keeps_generate_tokens(tiny_bundle, tmp_path):
     assert type(tiny_bundle.model.text_decoder.bert.encoder.layer[0].attention.self.query) is torch.nn.Linear
     assert torch.equal(got, _generate(quantized, pixels, [], 10))
     float_ids = Captioner(tiny_bundle, max_new_tokens=10).generate_ids(pixels)
-    assert float_ids.shape == got.shape  # the float model is untouched and still captions
+    # the float model is untouched: float linears, and the float Captioner gives its generate() tokens
+    assert torch.equal(float_ids, _generate(tiny_bundle.model, pixels, [], 10))
     captioner.set_adapter(None)
     assert captioner._quantized is None  # re-quantized from the new weights on the next caption
     assert captioner.describe() == "fast static-cache (eager), cpu, float32, quantize int8"

@@ -31,6 +31,7 @@ $(VENV)/.transformers-lines: $(VENV)/.installed Makefile
 # The node tests extract ../shared/ros2-humble once into .ros2/ and colcon-build ros2_ws on it (or use a
 # sourced ROS 2): see bench/ros2_stack.py.
 test: $(VENV)/.installed $(VENV)/.transformers-lines
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed

@@ -21,7 +21,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from blip_lora_core.models.loading import TinySize, blip_large_config, build_tiny_blip  # noqa: E402
+from blip_lora_core.models.loading import TinySize, blip_large_config, build_tiny_blip
 
 REPO = Path(__file__).resolve().parents[1]
 # beside the checkout (/work/main -> /work/shared) or beside a worktree's parent (/work/wt/x -> /work/shared)

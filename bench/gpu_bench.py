@@ -23,8 +23,6 @@ import traceback
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from blip_lora_core.models.labels import label_token_count, token_loss_sum
 
@@ -168,10 +166,10 @@ def _train_step(model, batch, optimizer, autocast, plain: bool):
 
 
 def train_rows(bundle, args, notes: list[str]) -> list[Row]:
-    from . import rows_lora
-
     from blip_lora_core._compat import use_eager_attention
     from blip_lora_core.train.precision import store_frozen_matmul_weights
+
+    from . import rows_lora
 
     device = torch.device(args.device)
     model = bundle.model.float()
@@ -181,7 +179,9 @@ def train_rows(bundle, args, notes: list[str]) -> list[Row]:
     pair.ours.train()
     pair.theirs.train()
     batch = {k: v.to(device) for k, v in caption_batch(model, args.train_batch, rows_lora.TOKENS).items()}
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
     ours_params = [p for p in pair.ours.parameters() if p.requires_grad]
     peft_params = [p for p in pair.theirs.parameters() if p.requires_grad]
     try:

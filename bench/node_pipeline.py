@@ -36,7 +36,7 @@ from rosbags.typesys import Stores, get_typestore
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from blip_lora_core.runtime.pipeline import CaptionPipeline  # noqa: E402
+from blip_lora_core.runtime.pipeline import CaptionPipeline
 
 TYPES = get_typestore(Stores.ROS2_HUMBLE).types
 WIDTH, HEIGHT = 640, 480
@@ -173,6 +173,7 @@ def run_real_dds(model_dir: str, seconds: float, fps: float, folder: Path, env: 
                  max_new_tokens: int = 20) -> DdsResult:
     """Launch blip_captioner (max_rate_hz 0) and stream ``fps`` Hz 640x480 rgb8 at it for ``seconds``."""
     import re
+
     import yaml
 
     from bench import ros2_stack
@@ -310,7 +311,7 @@ def _machine() -> str:
         from bench.common import machine_description
 
         return machine_description()
-    except Exception:  # the shared helper is optional here
+    except Exception:  # noqa: BLE001 - the shared helper is optional here
         return f"{os.cpu_count()} CPUs"
 
 

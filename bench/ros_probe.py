@@ -1,11 +1,13 @@
 """A camera and a listener in one ROS 2 process, for the node tests: `python ros_probe.py SPEC.json`.
 
 SPEC keys: topic (image topic), caption_topic (default /caption), frames (list of messages, below),
-frame_timeout_s, diagnostics_s (listen to /diagnostics from the start, and this long at the end), stream ({fps, seconds, width, height}:
-a 640x480-style rgb8 stream stamped with the current time; reports every stamped caption's age).
+frame_timeout_s, diagnostics_s (listen to /diagnostics from the start, and this long at the end),
+stream ({fps, seconds, width, height}: a 640x480-style rgb8 stream stamped with the current time; reports
+every stamped caption's age).
 A frame: {kind: image|compressed, encoding/height/width/step or format, data_b64, sec, nanosec, frame_id,
-reliable (default false: best effort), stamp_now (stamp it with the current time at each publish), expect (default true: publish again every 0.5 s until its caption
-comes back on caption_topic/stamped, matched by stamp; false: publish `repeat` times)}. Prints one JSON line: frames, captions, diagnostics, ages.
+reliable (default false: best effort), stamp_now (stamp it with the current time at each publish), expect
+(default true: publish again every 0.5 s until its caption comes back on caption_topic/stamped, matched by
+stamp; false: publish `repeat` times)}. Prints one JSON line: frames, captions, diagnostics, ages.
 """
 
 from __future__ import annotations

@@ -22,8 +22,18 @@ from blip_lora_core.lora.peft_interop import export_peft
 from blip_lora_core.models.captioning import Captioner
 from blip_lora_core.models.quantize import cpu_has_bf16
 
-from .common import (MEDIUM, SEED_BLOCKS, Row, interleave, large_bundle, median, random_adapter, seed_block_images,
-                     small_bundle, workdir)
+from .common import (
+    MEDIUM,
+    SEED_BLOCKS,
+    Row,
+    interleave,
+    large_bundle,
+    median,
+    random_adapter,
+    seed_block_images,
+    small_bundle,
+    workdir,
+)
 
 NEW_TOKENS = 20
 
@@ -81,7 +91,8 @@ def _variants(bundle, new_tokens: int, batch_size: int) -> dict[str, Captioner]:
     fast = Captioner(bundle, max_new_tokens=new_tokens, batch_size=batch_size)
     bf16 = dataclasses.replace(bundle, model=copy.deepcopy(bundle.model).to(torch.bfloat16))
     return {"generate": Captioner(bundle, fast.settings.with_changes(fast=False)), "fp32": fast,
-            "bf16": Captioner(bf16, fast.settings), "int8": Captioner(bundle, fast.settings.with_changes(quantize="int8"))}
+            "bf16": Captioner(bf16, fast.settings),
+            "int8": Captioner(bundle, fast.settings.with_changes(quantize="int8"))}
 
 
 def _ids(captioner: Captioner, images) -> torch.Tensor:
@@ -145,8 +156,8 @@ def precision_rows(quick: bool) -> list[Row]:
     base_rate = len(images) / median(times["generate"])
     rows = []
     for name in ("fp32", "bf16", "int8"):
-        match = sum(a == b for a, b in zip(captions[name], captions["generate"]))
-        rows.append(Row(f"caption_precision_{name}", f"seed_blocks validation captions/s, tiny base + adapter",
+        match = sum(a == b for a, b in zip(captions[name], captions["generate"], strict=True))
+        rows.append(Row(f"caption_precision_{name}", "seed_blocks validation captions/s, tiny base + adapter",
                         len(images) / median(times[name]), base_rate, "img/s", "", repeats,
                         f"{captioners[name].describe()} vs fp32 generate(); batch 32, up to 12 tokens; exact match "
                         f"with fp32 captions {match}/{len(images)} = {match / len(images):.3f}"))

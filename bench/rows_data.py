@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from blip_lora_core.train.batches import CaptionCollator, MicroBatchStream
-from blip_lora_core.train.data import ImageCaptionDataset, read_jsonl
 from blip_lora_core.models.labels import TokenSpec
 from blip_lora_core.models.preprocess import ImagePreprocessor
+from blip_lora_core.train.batches import CaptionCollator, MicroBatchStream
+from blip_lora_core.train.data import ImageCaptionDataset, read_jsonl
 
 from .common import MEDIUM, SEED_BLOCKS, Row, bert_like_tokenizer, caption_batch, median, synth_dataset, workdir
 

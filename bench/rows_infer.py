@@ -60,9 +60,10 @@ def rows(quick: bool) -> list[Row]:
                             "hooked": make(hooked, pixels)}, repeats, warmup=1)
         key = "encoder" if part == "vision encoder" else "caption"
         for variant, goal in (("merged", "<= 1.02"), ("hooked", "<= 1.10")):
+            how = "weights folded in" if variant == "merged" else "r=16 forward hooks on every vision linear"
             out.append(Row(f"infer_{key}_{variant}", f"{part}, {variant} adapter vs base, {label}",
                            median(times[variant]), median(times["base"]), "s", goal, repeats,
-                           f"batch 1, fp32, inference_mode; {'weights folded in' if variant == 'merged' else 'r=16 forward hooks on every vision linear'}",
+                           f"batch 1, fp32, inference_mode; {how}",
                            extra={"times": times}))
     return out
 

@@ -94,8 +94,9 @@ def _row(name: str, what: str, result: dict, pair: LoraPair, batch_size: int) ->
 
 
 def row_tiny(quick: bool) -> list[Row]:
-    from .common import TINY, small_model_dir
     from blip_lora_core.models.loading import load_blip
+
+    from .common import TINY, small_model_dir
 
     model = load_blip(str(small_model_dir(TINY)), device="cpu", dtype="fp32").model
     pair = lora_pair(model)
@@ -114,8 +115,9 @@ def large_step_seconds(quick: bool) -> float | None:
 
 def row_large(quick: bool) -> list[Row]:
     if quick:  # the quick run keeps to small models: the medium one stands in for BLIP-large
-        from .common import MEDIUM, small_model_dir
         from blip_lora_core.models.loading import load_blip
+
+        from .common import MEDIUM, small_model_dir
 
         model, label, repeats = load_blip(str(small_model_dir(MEDIUM)), device="cpu").model, "medium BLIP", 5
     else:

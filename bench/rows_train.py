@@ -45,8 +45,8 @@ class Setup:
 
 def ours_images_per_s(model_dir: Path, data: Path, setup: Setup, seed: int) -> float:
     """Our train() on the dataset; steady-state images/s from its per-step log."""
-    from blip_lora_core.train.loop import train
     from blip_lora_core.train.config import load_config
+    from blip_lora_core.train.loop import train
 
     out = workdir() / f"train-ours-{seed}-{time.monotonic_ns()}"
     config = load_config(None, dict(model=str(model_dir), train_file=str(data), output_dir=str(out),
@@ -86,7 +86,7 @@ class _PlainCollate:
         self.processor = processor
 
     def __call__(self, items):
-        images, texts = zip(*items)
+        images, texts = zip(*items, strict=True)
         batch = self.processor(images=list(images), text=list(texts), padding=True, return_tensors="pt")
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = -100

@@ -49,7 +49,8 @@ def run(names: list[str], quick: bool, log=sys.stderr) -> tuple[list[Row], list[
             continue
         rows.extend(produced)
         for r in produced:
-            print(f"[bench]   {r.row}: {r.ratio:.3f}x ({r.ours:.4g} vs {r.baseline:.4g} {r.unit})", file=log, flush=True)
+            print(f"[bench]   {r.row}: {r.ratio:.3f}x ({r.ours:.4g} vs {r.baseline:.4g} {r.unit})",
+                  file=log, flush=True)
         print(f"[bench] {name} took {time.perf_counter() - began:.0f} s", file=log, flush=True)
     return rows, failures
 

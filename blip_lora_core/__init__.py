@@ -3,8 +3,8 @@
     from blip_lora_core import LoraConfig, inject_lora, save_adapter, load_adapter, merge_lora
 """
 
-from .lora.adapter_io import AdapterInfo, adapter_filename, load_adapter, read_adapter, save_adapter
 from .errors import AdapterError, BagError, BlipLoraError, ConfigError, DataError, ImageDecodeError, TrainingError
+from .lora.adapter_io import AdapterInfo, adapter_filename, load_adapter, read_adapter, save_adapter
 from .lora.hooks import (
     LoraConfig,
     inject_lora,

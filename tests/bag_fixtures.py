@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

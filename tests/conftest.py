@@ -13,6 +13,9 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 # make test runs two pytest workers on two cores: one torch thread each, or OpenMP threads stall each other
 torch.set_num_threads(1)
 
+# the real-ROS fixtures (ros_env, adapters, reference) live in tests/ros_env.py
+pytest_plugins = ["ros_env"]
+
 SEED_BLOCKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_blocks"
 CAPTIONS = [
     "One blue cube", "One green cube", "One red cube", "One wood cube",

@@ -15,7 +15,7 @@ def ros_env(tmp_path_factory) -> dict[str, str]:
     """Environment for ROS subprocesses: ROS 2 sourced, ros2_ws built on top, one DDS domain per worker."""
     try:
         return ros2_stack.environment(tmp_path_factory.mktemp("ros2_ws"))
-    except ros2_stack.Ros2Unavailable as missing:
+    except ros2_stack.Ros2UnavailableError as missing:
         pytest.skip(str(missing))
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blip_lora_core.train.augment import AugmentConfig, build_augment
 from blip_lora_core.errors import ConfigError
+from blip_lora_core.train.augment import AugmentConfig, build_augment
 
 ALL_ON = AugmentConfig(random_resized_crop=0.5, colour_jitter=0.3, rotation_degrees=15, blur_sigma=1.5, hflip=True)
 

@@ -12,9 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bag_fixtures import (
+    TYPESTORE,
+    Frame,
+    camera_frames,
+    edit_metadata,
+    raw_msg,
+    sqlite_edit,
+    storage_file,
+    unchanged,
+    write_distro_bag,
+)
 
-from bag_fixtures import (TYPESTORE, Frame, camera_frames, edit_metadata, raw_msg, sqlite_edit, storage_file,
-                          unchanged, write_distro_bag)
 from blip_lora_core.bags.caption import ReplayOptions, replay_captions
 from blip_lora_core.bags.extract import ExtractOptions, extract_frames
 from blip_lora_core.bags.reader import read_camera
@@ -59,7 +68,7 @@ def _replay(bag, caption_fn):
 
 def _assert_frames(frames: list[np.ndarray], expected: list[np.ndarray]) -> None:
     assert len(frames) == len(expected)
-    for frame, image in zip(frames, expected):
+    for frame, image in zip(frames, expected, strict=True):
         np.testing.assert_array_equal(frame, image)
 
 

@@ -8,10 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bag_fixtures import (
+    Frame,
+    camera_frames,
+    raw_msg,
+    read_topic,
+    seed_frames,
+    storage_file,
+    string_msg,
+    unchanged,
+    write_bag,
+)
 from PIL import Image
 
-from bag_fixtures import (Frame, camera_frames, raw_msg, read_topic, seed_frames, storage_file, string_msg,
-                          unchanged, write_bag)
 from blip_lora_core.bags.extract import ExtractOptions, extract_frames
 from blip_lora_core.bags.reader import read_camera
 from blip_lora_core.bags.storage import resolve_bag
@@ -100,7 +109,7 @@ def test_lossless_frames_decode_to_the_source_pixels(bag, images, topic, as_file
     source = storage_file(bag) if as_file else bag
     messages = _read(source, topic)
     assert [m.index for m in messages] == list(range(len(images)))
-    for message, expected in zip(messages, images):
+    for message, expected in zip(messages, images, strict=True):
         np.testing.assert_array_equal(decode_message(message.msg), expected)
         assert message.stamp_source == "header" and message.time_ns == message.stamp_ns + 3_000_000
 
@@ -122,7 +131,7 @@ def test_extract_round_trip_image_by_image(bag, images, tmp_path, as_file):
     assert _cli("extract", source, "--topic", RAW, "--out", tmp_path / "ds") == 0
     rows = _rows(tmp_path / "ds")
     assert len(rows) == len(images)
-    for i, (row, expected) in enumerate(zip(rows, images)):
+    for i, (row, expected) in enumerate(zip(rows, images, strict=True)):
         stamp = START + i * 100_000_000
         assert row["image"] == f"images/frame_{stamp // 10**9}_{stamp % 10**9:09d}.jpg"
         assert row["text"] == "" and row["reviewed"] is False and row["index"] == i
@@ -138,7 +147,7 @@ def test_extract_round_trip_image_by_image(bag, images, tmp_path, as_file):
 def test_extract_from_jpeg_topic(bag, images, tmp_path):
     assert _cli("extract", bag, "--topic", JPEG, "--out", tmp_path / "ds") == 0
     rows = _rows(tmp_path / "ds")
-    for row, expected in zip(rows, images):
+    for row, expected in zip(rows, images, strict=True):
         written = np.asarray(Image.open(tmp_path / "ds" / row["image"]), dtype=np.float32)
         assert np.abs(written - expected).mean() < 4  # compressed twice
     assert len(rows) == len(images)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from blip_lora_core.models.labels import TokenSpec
+from blip_lora_core.models.loading import build_tokenizer, caption_words
 from blip_lora_core.train.augment import AugmentConfig, build_augment
 from blip_lora_core.train.batches import CaptionCollator, MicroBatchStream
 from blip_lora_core.train.data import ImageCaptionDataset, Sample
-from blip_lora_core.models.labels import TokenSpec
-from blip_lora_core.models.loading import build_tokenizer, caption_words
 
 N_SAMPLES, BATCH = 10, 3  # 4 micro-batches per epoch, the last one of a single item
 WORDS = ["red", "green", "blue", "wood", "cube", "on", "top", "of", "a", "one", "two", "three"]
@@ -85,7 +85,7 @@ def _take(stream: MicroBatchStream, start: int, n: int) -> list[dict[str, torch.
 
 def _assert_same(got: list[dict], want: list[dict]) -> None:
     assert len(got) == len(want)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert a.keys() == b.keys()
         for name in a:
             assert torch.equal(a[name], b[name]), name
@@ -140,7 +140,7 @@ def test_augmentation_follows_the_epoch_whatever_the_workers(parts):
     streams = {w: _stream(parts, w, batch=1) for w in (0, 2)}
     n = 2 * N_SAMPLES
     keys = [batch[0] for batch in _first(streams[0].keys(0), n)]
-    seen = {w: dict(zip(keys, (b["pixel_values"][0] for b in _take(s, 0, n)))) for w, s in streams.items()}
+    seen = {w: dict(zip(keys, (b["pixel_values"][0] for b in _take(s, 0, n)), strict=True)) for w, s in streams.items()}
     assert len(seen[0]) == n
     for key in keys:
         assert torch.equal(seen[0][key], seen[2][key])

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from blip_lora_core import LoraConfig, inject_lora, save_adapter
-from blip_lora_core.models.captioning import Captioner
 from blip_lora_core.lora.hooks import is_merged, lora_layers, remove_lora
+from blip_lora_core.models.captioning import Captioner
 
 
 def _images(n=3):

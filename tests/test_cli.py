@@ -72,7 +72,7 @@ def test_zero_shot_caption_to_stdout_and_glob(tiny_model_dir, tmp_path, capsys):
     assert main(["caption", str(tmp_path / "*.png"), str(tmp_path / "b.jpg"), "--model", str(tiny_model_dir),
                  "--max-new-tokens", "3"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [l["image"] for l in lines] == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+    assert [row["image"] for row in lines] == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
 
 
 def test_errors_are_one_line_not_tracebacks(tiny_model_dir, tmp_path, capsys):

@@ -79,7 +79,7 @@ def test_attention_maps_still_come_back_when_asked(tiny_bundle, pixels):
         use_eager_attention(model)
         eager = model.vision_model(pixel_values=pixels, output_attentions=True).attentions
     assert fast is not None and len(fast) == len(eager) == len(_attention_layers(model))
-    for a, b in zip(fast, eager):
+    for a, b in zip(fast, eager, strict=True):
         assert torch.equal(a, b)
 
 

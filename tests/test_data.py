@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from blip_lora_core.errors import ConfigError, DataError
+from blip_lora_core.models.images import load_image
 from blip_lora_core.train.augment import AugmentConfig, build_augment
 from blip_lora_core.train.data import (
     BadLine,
@@ -23,8 +25,6 @@ from blip_lora_core.train.data import (
     split_by_order,
     write_jsonl,
 )
-from blip_lora_core.errors import ConfigError, DataError
-from blip_lora_core.models.images import load_image
 
 SEED_BLOCKS = Path("/work/shared/data/seed_blocks/annotations.jsonl")
 needs_seed_blocks = pytest.mark.skipif(not SEED_BLOCKS.is_file(), reason="seed_blocks dataset not present")

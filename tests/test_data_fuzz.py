@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from blip_lora_core.train.data import read_jsonl
 from blip_lora_core.errors import DataError
+from blip_lora_core.train.data import read_jsonl
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -20,7 +20,8 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
-image_names = st.sampled_from(["ok_0001.png", "empty_0001.png", "junk_0001.png", "missing.png", "", ".", "/"]) | st.text(max_size=12)
+image_names = (st.sampled_from(["ok_0001.png", "empty_0001.png", "junk_0001.png", "missing.png", "", ".", "/"])
+               | st.text(max_size=12))
 rows = st.fixed_dictionaries(
     {},
     optional={

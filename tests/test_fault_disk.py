@@ -10,15 +10,15 @@ import os
 
 import pytest
 import torch
+from faults import assert_clean_error, failing, full_disk, log_losses, same_adapter, temp_files
 
 from blip_lora_core import BlipLoraError, LoraConfig, inject_lora, read_adapter, save_adapter
-from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from blip_lora_core.train.data import read_jsonl, write_jsonl
 from blip_lora_core.lora.hooks import lora_layers
-from blip_lora_core.train.loop import train
+from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from blip_lora_core.train.config import load_config
+from blip_lora_core.train.data import read_jsonl, write_jsonl
+from blip_lora_core.train.loop import train
 from blip_lora_training.cli import main
-from faults import assert_clean_error, failing, full_disk, log_losses, same_adapter, temp_files
 
 NO_SPACE = os.strerror(28)  # "No space left on device"
 MODES = ["empty", "part", "fsync", "replace"]
@@ -122,7 +122,8 @@ def uninterrupted(tiny_model_dir, disk_data, tmp_path_factory):
 def _config(model_dir, data, out, **extra):
     return load_config(None, dict(model=str(model_dir), train_file=str(data), output_dir=str(out), batch_size=2,
                                   grad_accum=1, epochs=2, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0,
-                                  progress=False, lora=dict(r=4, alpha=8, dropout=0.1), seed=5, checkpoint_every=2, **extra))
+                                  progress=False, lora=dict(r=4, alpha=8, dropout=0.1), seed=5, checkpoint_every=2,
+                                  **extra))
 
 
 def _argv(model_dir, data, out, *extra):

@@ -16,19 +16,37 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults import (
+    REPO,
+    MarkerPickle,
+    assert_clean_error,
+    flip_bit,
+    join_safetensors,
+    png_header,
+    run_cli,
+    split_safetensors,
+    time_limit,
+)
 from PIL import Image
 
-from blip_lora_core import AdapterError, BlipLoraError, ConfigError, DataError, LoraConfig, TrainingError
-from blip_lora_core import inject_lora, load_adapter, read_adapter, save_adapter
-from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint
-from blip_lora_core.train.data import read_jsonl
+from blip_lora_core import (
+    AdapterError,
+    BlipLoraError,
+    ConfigError,
+    DataError,
+    LoraConfig,
+    TrainingError,
+    inject_lora,
+    load_adapter,
+    read_adapter,
+    save_adapter,
+)
 from blip_lora_core.models.images import load_image
 from blip_lora_core.models.loading import load_blip
-from blip_lora_core.train.loop import train
+from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint
 from blip_lora_core.train.config import load_config
+from blip_lora_core.train.data import read_jsonl
 from blip_lora_training.cli import main
-from faults import (MarkerPickle, REPO, assert_clean_error, flip_bit, join_safetensors, png_header, run_cli,
-                    split_safetensors, time_limit)
 
 CONFIG = LoraConfig(r=4, alpha=8)
 
@@ -291,7 +309,7 @@ YAML_CASES = {
                               "could not determine a constructor for the tag"),
     "python name tag": ("model: !!python/name:os.system\n", "could not determine a constructor"),
     "alias bomb": ("lr: [&a [x,x,x,x,x,x,x,x,x], " + ", ".join(
-        f"&{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi")) + "]\n",
+        f"&{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi", strict=False)) + "]\n",
                    "expands to more than 100000 values"),
     "alias cycle": ("targets: &a [*a]\n", "expands to more than 100000 values"),
 }
@@ -325,7 +343,8 @@ JSONL_CASES = {
     "broken JSON": (b'{"image": "a.png", "text": "One red cube"}\n{"image": "a.png", "text": \n', 2, "invalid JSON"),
     "not UTF-8": (b'{"image": "a.png", "text": "One red cube"}\n{"image": "a.png", "text": "\xff\xfe"}\n', 2,
                   "not valid UTF-8 (byte 0xff"),
-    "not an object": (b'{"image": "a.png", "text": "One red cube"}\n[1, 2]\n', 2, "line is not a JSON object (got array)"),
+    "not an object": (b'{"image": "a.png", "text": "One red cube"}\n[1, 2]\n', 2,
+                      "line is not a JSON object (got array)"),
     "text missing": (b'{"image": "a.png"}\n', 1, 'missing "text"'),
     "NUL in the image path": (b'{"image": "a\\u0000.png", "text": "x"}\n', 1, '"image" contains a NUL character'),
     "binary garbage": (b"\xff\xd8\xff\xe0" + bytes(range(256)), 1, "not valid UTF-8 (byte 0xff at column 1)"),

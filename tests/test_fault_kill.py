@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from faults import TEMP_NAME, WarmCli, cli_env, log_losses, same_adapter, temp_files
 
 from blip_lora_core.lora.adapter_io import read_adapter
 from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from blip_lora_core.train.config import load_config
-from faults import TEMP_NAME, WarmCli, cli_env, log_losses, same_adapter, temp_files
 
 SETTINGS = dict(batch_size=2, grad_accum=1, epochs=2, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0,
                 progress=False, lora=dict(r=4, alpha=8, dropout=0.1), seed=3, augment={"colour_jitter": 0.3},
@@ -153,7 +153,8 @@ def test_sigint_saves_a_checkpoint_at_the_last_finished_step_and_exits_130(run_s
     no_checkpoints.write_text(yaml.safe_dump(settings))
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "blip_lora_training.cli", *_train(no_checkpoints, out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(OMP_NUM_THREADS="1"))
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=cli_env(OMP_NUM_THREADS="1"))
     try:
         _wait_for_rows(out / "train_log.csv", 3, process)
         process.send_signal(signal.SIGINT)

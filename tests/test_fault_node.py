@@ -13,8 +13,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
 from bag_fixtures import image_msg, raw_msg
+
 from blip_lora_core.runtime.diagnostics import Level, diagnose
 from blip_lora_core.runtime.pipeline import CaptionPipeline, Outcome
 

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults import join_safetensors, split_safetensors
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from blip_lora_core import AdapterError, LoraConfig, inject_lora, load_adapter, read_adapter, save_adapter
 from blip_lora_core.errors import DataError
-from blip_lora_core.models.images import load_image
 from blip_lora_core.lora.hooks import lora_layers, remove_lora
+from blip_lora_core.models.images import load_image
 from blip_lora_core.models.loading import load_blip
-from faults import join_safetensors, split_safetensors
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = ["F32", "F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "F8_E4M3", "XYZ", ""]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import array
 import re
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -419,7 +419,7 @@ BAD_IMAGES = [
 
 
 @pytest.mark.parametrize("height,width,encoding,step,data,words", BAD_IMAGES)
-def test_bad_images_raise(height, width, encoding, step, data, words) -> None:  # noqa: ANN001
+def test_bad_images_raise(height, width, encoding, step, data, words) -> None:
     with pytest.raises(ImageDecodeError) as info:
         decode_image(height, width, encoding, step, data)
     message = str(info.value)
@@ -445,7 +445,7 @@ BAD_COMPRESSED = [
 
 
 @pytest.mark.parametrize("fmt,data,words", BAD_COMPRESSED)
-def test_bad_compressed_raise(fmt, data, words) -> None:  # noqa: ANN001
+def test_bad_compressed_raise(fmt, data, words) -> None:
     with pytest.raises(ImageDecodeError) as info:
         decode_compressed(fmt, data)
     message = str(info.value)

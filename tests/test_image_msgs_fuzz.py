@@ -1,4 +1,5 @@
-"""Fuzz blip_lora_core.runtime.image_msgs: any input gives an (H, W, 3) uint8 image or ImageDecodeError, nothing else."""
+"""Fuzz blip_lora_core.runtime.image_msgs: any input gives an (H, W, 3) uint8 image or ImageDecodeError, nothing
+else."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def image_fields(draw: st.DrawFn) -> tuple:
     return (*fields, encoding)
 
 
-def _check(call, *args, shape: tuple[int, int] | None = None) -> None:  # noqa: ANN001
+def _check(call, *args, shape: tuple[int, int] | None = None) -> None:
     try:
         out = call(*args)
     except ImageDecodeError:

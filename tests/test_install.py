@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -73,14 +72,16 @@ def test_the_base_install_runs_the_node_modules_and_a_caption(base_venv, tiny_mo
                           "--max-new-tokens", "6", "--no-progress"], env=env, cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    expected = Captioner.from_pretrained(str(tiny_model_dir), adapter=str(adapter), max_new_tokens=6).caption_files([image])
+    captioner = Captioner.from_pretrained(str(tiny_model_dir), adapter=str(adapter), max_new_tokens=6)
+    expected = captioner.caption_files([image])
     assert json.loads(run.stdout) == {"image": str(image), "caption": expected[0]}
     assert "Loading weights" not in run.stderr  # --no-progress silences transformers' bar too
 
     for command, extra in ((["eval", str(seed_blocks / "annotations.jsonl")], "train"),
                            (["train", "--train", str(seed_blocks / "annotations.jsonl")], "train"),
                            (["bag", "extract", str(tmp_path), "--out", str(tmp_path / "x")], "bags")):
-        run = subprocess.run([cli, *command, "--model", str(tiny_model_dir)] if command[0] == "eval" else [cli, *command],
+        argv = [cli, *command, "--model", str(tiny_model_dir)] if command[0] == "eval" else [cli, *command]
+        run = subprocess.run(argv,
                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert run.returncode == 2 and run.stderr.count("\n") == 1, (command, run.stderr)
         assert f"needs the [{extra}] extra" in run.stderr and f"pip install 'blip-lora[{extra}]'" in run.stderr

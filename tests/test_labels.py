@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from blip_lora_core.models.labels import IGNORE_INDEX, TokenSpec, collate_text, encode_example, generation_prompt, strip_prompt
+from blip_lora_core.models.labels import (
+    IGNORE_INDEX,
+    TokenSpec,
+    collate_text,
+    encode_example,
+    generation_prompt,
+    strip_prompt,
+)
 
 
 def _spec(bundle):

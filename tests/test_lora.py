@@ -9,8 +9,16 @@ import torch
 from torch import nn
 
 from blip_lora_core import (
-    AdapterError, ConfigError, LoraConfig, inject_lora, is_merged, lora_disabled, merge_lora, remove_lora,
-    trainable_parameters, unmerge_lora,
+    AdapterError,
+    ConfigError,
+    LoraConfig,
+    inject_lora,
+    is_merged,
+    lora_disabled,
+    merge_lora,
+    remove_lora,
+    trainable_parameters,
+    unmerge_lora,
 )
 from blip_lora_core.lora.hooks import find_targets, lora_layers
 from blip_lora_core.models.loading import blip_large_config, build_on_meta
@@ -262,7 +270,8 @@ def test_hooks_compile_with_torch_compile(tiny_bundle):
 
 
 def test_rank_larger_than_a_layer_is_refused_before_allocating(tiny_bundle):
-    with pytest.raises(AdapterError, match=r"r=100000000000 exceeds layer vision_model\.encoder\.layers\.0\.self_attn\.qkv"):
+    too_big = r"r=100000000000 exceeds layer vision_model\.encoder\.layers\.0\.self_attn\.qkv"
+    with pytest.raises(AdapterError, match=too_big):
         inject_lora(tiny_bundle.model, LoraConfig(r=100_000_000_000))
     assert not lora_layers(tiny_bundle.model)
 
@@ -281,8 +290,8 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny_model_dir, pi
         if checkpointing:
             model.gradient_checkpointing_enable()
         model.train()
-        count = []
-        model.vision_model.encoder.layers[0].self_attn.qkv.register_forward_hook(lambda *_: count.append(1))
+        count: list[int] = []
+        model.vision_model.encoder.layers[0].self_attn.qkv.register_forward_hook(lambda *_, c=count: c.append(1))
         ids = torch.tensor([[model.config.text_config.bos_token_id, 5, 6, 7]]).repeat(len(pixels), 1)
         torch.manual_seed(1)
         model(pixel_values=pixels, input_ids=ids, labels=ids).loss.backward()
@@ -356,7 +365,8 @@ def test_only_the_lora_subpackage_touches_a_layers_lora_state():
 
     root = Path(__file__).resolve().parents[1]
     owner = root / "blip_lora_core" / "lora"
-    sources = [p for folder in ("blip_lora_core", "training", "bench", "ros2_ws/src") for p in (root / folder).rglob("*.py")]
+    sources = [p for folder in ("blip_lora_core", "training", "bench", "ros2_ws/src")
+               for p in (root / folder).rglob("*.py")]
     assert len(sources) > 40
     offenders = [str(p.relative_to(root)) for p in sources
                  if not p.is_relative_to(owner) and re.search(r"\._lora\b", p.read_text(encoding="utf-8"))]

@@ -12,10 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rosbags.typesys import Stores, get_typestore
 
-from blip_lora_core.runtime.diagnostics import Level, Thresholds, diagnose, stats_values
 from blip_lora_core.errors import ImageDecodeError
-from blip_lora_core.runtime.pipeline import (CaptionPipeline, LatestFrameSlot, Outcome, PipelineStats, describe_frame,
-                                     stamp_seconds)
+from blip_lora_core.runtime.diagnostics import Level, Thresholds, diagnose, stats_values
+from blip_lora_core.runtime.pipeline import (
+    CaptionPipeline,
+    LatestFrameSlot,
+    Outcome,
+    PipelineStats,
+    describe_frame,
+    stamp_seconds,
+)
 
 TYPES = get_typestore(Stores.ROS2_HUMBLE).types
 
@@ -112,7 +118,7 @@ def test_slot_drop_count_matches_a_model(ops):
     assert taken == sorted(taken)  # never out of order
     assert slot.dropped + len(taken) + slot.pending == n
     if taken:
-        assert all(item > prev for prev, item in zip(taken, taken[1:]))
+        assert all(item > prev for prev, item in zip(taken, taken[1:], strict=False))
 
 
 # -- step(): newest frame, rate, change filter -------------------------------------------------------------
@@ -318,7 +324,7 @@ def test_worker_honours_the_rate_limit_in_real_time():
     try:
         for i in range(3):
             pipe.submit(frame(i), 0.0)
-            wait_until(lambda: len(published) == i + 1)
+            wait_until(lambda n=i + 1: len(published) == n)
     finally:
         pipe.stop()
     gaps = np.diff(published)

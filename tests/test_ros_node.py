@@ -12,10 +12,10 @@ import subprocess
 import time
 
 import pytest
+from ros_env import write_params
+from ros_frames import image_frame, photo
 
 from bench.ros2_stack import Launched, probe, run
-from ros_env import adapters, reference, ros_env, write_params  # noqa: F401 - fixtures
-from ros_frames import image_frame, photo
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.xdist_group("ros_node")]
 TOPIC = "/test_cam/image_raw"
@@ -97,7 +97,7 @@ def test_images_in_every_encoding_get_the_adapters_captions(ros_env, launched, p
     assert expected != reference(seen)  # the adapter changes the captions: they prove it is applied
     assert [frame["text"] for frame in report["frames"]] == expected
     assert set(expected) <= set(report["captions"])  # the same captions on /caption as std_msgs/String
-    for frame, sent in zip(report["frames"], frames):
+    for frame, sent in zip(report["frames"], frames, strict=True):
         assert frame["stamp"] == [sent["sec"], 123_456_789] and frame["frame_id"] == sent["frame_id"]
         assert frame["values"]["adapter"] == adapters["a"] and float(frame["values"]["latency_s"]) > 0
 
@@ -123,7 +123,7 @@ def test_diagnostics_once_a_second_ok_then_warn_after_undecodable_frames(ros_env
     assert len(ours) >= 2 and all(d["level"] in (0, 1, 2) for d in ours)
     assert ours[-1]["level"] == 0 and ours[-1]["message"].startswith("captioning at ")
     assert ours[-1]["values"]["decoder"] == "fast static-cache (eager), cpu, float32, quantize none"
-    gaps = [b["t"] - a["t"] for a, b in zip(ours, ours[1:])]
+    gaps = [b["t"] - a["t"] for a, b in zip(ours, ours[1:], strict=False)]
     assert all(0.6 < gap < 1.4 for gap in gaps), gaps
 
     bad = [dict(image_frame(photos[0], "rgb8", sec=200 + i, nanosec=0, frame_id="bad")[0], encoding="foo16",
@@ -180,7 +180,8 @@ def test_run_time_parameters_through_ros2_param(ros_env, launched, photos, refer
         "Setting parameter failed: Parameter num_beams out of range. Min: 1, Max: 16, value: 17",
         "Setting parameter failed: Trying to set a read-only parameter: model."]
     described = refused[5]
-    for line in ("Min value: 0.0", "Max value: 1000.0", "Additional constraints: a number from 0 to 1000 (integer or float)"):
+    for line in ("Min value: 0.0", "Max value: 1000.0",
+                 "Additional constraints: a number from 0 to 1000 (integer or float)"):
         assert line in described.split("Parameter name: model")[0]
     assert "Read only: true" in described.split("Parameter name: model")[1]
     assert params_at_once(ros_env, ("get", NODE, "max_rate_hz"), ("get", NODE, "model"), ("get", NODE, "num_beams")) \

@@ -173,6 +173,6 @@ def test_without_any_ros_2_the_node_tests_say_how_to_run_them(monkeypatch, tmp_p
 
     monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
     monkeypatch.setattr(ros2_stack, "TARBALL", tmp_path / "absent.tar.gz")
-    with pytest.raises(ros2_stack.Ros2Unavailable) as info:
+    with pytest.raises(ros2_stack.Ros2UnavailableError) as info:
         ros2_stack.base_environment()
     assert "source /opt/ros/humble/setup.bash" in str(info.value) and "make test" in str(info.value)

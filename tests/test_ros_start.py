@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from ros_env import write_params
+from ros_frames import compressed_frame, photo
 
 from bench.ros2_stack import Launched, probe, run
-from ros_env import adapters, reference, ros_env, write_params  # noqa: F401 - fixtures
-from ros_frames import compressed_frame, photo
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 TOPIC = "/test_cam/image_raw/compressed"
@@ -56,7 +56,8 @@ def _start(env, *params: str, timeout: float = 60):
     (["model:={missing}", "image_topic:=/bad topic"],
      "blip_captioner cannot start: InvalidTopicNameException: Invalid topic name: topic name must not contain "
      "characters other than alphanumerics, '_', '~', '{{', or '}}': '/bad topic'"),
-    (["model:={missing}", "max_rate_hz:=fast"], "blip_captioner cannot start: max_rate_hz must be a number, got 'fast'"),
+    (["model:={missing}", "max_rate_hz:=fast"],
+     "blip_captioner cannot start: max_rate_hz must be a number, got 'fast'"),
     (["model:={missing}", "qos_depth:=0"], "Parameter qos_depth out of range. Min: 1, Max: 100, value: 0"),
 ])
 def test_a_start_up_failure_is_one_fatal_line_and_exit_1(ros_env, tmp_path, params, fatal):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from bench.node_pipeline import run_real_dds
-from ros_env import ros_env  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.xdist_group("ros_stream")]
 FPS, SECONDS = 30.0, 20.0

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from blip_lora_training import synth
 from blip_lora_core.errors import ConfigError, DataError
+from blip_lora_training import synth
 from blip_lora_training.synth import COLOURS, DOMAINS, Scene, all_scenes, caption_for, render, write_dataset
 
 SMALL = (64, 48)

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from blip_lora_core import ConfigError, TrainingError, read_adapter
-from blip_lora_core.train.schedule import lr_factor
-from blip_lora_core.train.loop import train
 from blip_lora_core.train.config import load_config
-from blip_lora_core.lora.hooks import lora_state_dict
+from blip_lora_core.train.loop import train
+from blip_lora_core.train.schedule import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +45,7 @@ def test_schedule_warms_up_linearly_then_reaches_the_floor_at_the_last_step():
     factors = [lr_factor(s, 10, 3, 0.1) for s in range(10)]
     assert factors[:3] == [1 / 3, 2 / 3, 1.0]
     assert factors[-1] == pytest.approx(0.1, abs=1e-12)
-    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False))
     assert factors[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
     assert lr_factor(0, 1, 5, 0.0) == 0.0
     with pytest.raises(ValueError):
@@ -81,7 +80,8 @@ def test_lora_and_augment_settings_are_their_own_configs_and_round_trip(tmp_path
     from blip_lora_core import LoraConfig
     from blip_lora_core.train.augment import AugmentConfig
 
-    config = load_config(REPO / "config" / "train.yaml", {"lora.r": 4, "lora.targets": [r".*\.fc1"], "augment.hflip": True})
+    overrides = {"lora.r": 4, "lora.targets": [r".*\.fc1"], "augment.hflip": True}
+    config = load_config(REPO / "config" / "train.yaml", overrides)
     assert isinstance(config.lora, LoraConfig) and isinstance(config.augment, AugmentConfig)
     assert (config.lora.r, config.lora.alpha, config.lora.targets) == (4, 32.0, (r".*\.fc1",))
     assert config.augment.hflip and config.augment.colour_jitter == 0.2  # the file's other augment values stay

@@ -26,18 +26,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import torch
+import transformers
 
-from blip_lora_core.lora.adapter_io import load_adapter  # noqa: E402
-from blip_lora_core.lora.hooks import LoraConfig  # noqa: E402
-from blip_lora_core.train.data import Sample, read_jsonl  # noqa: E402
-from blip_lora_core.train.gallery import GalleryRow, write_gallery  # noqa: E402
-from blip_lora_core.train.metrics import caption_metrics  # noqa: E402
-from blip_lora_core.models.loading import TinySize, build_tiny_blip, load_blip  # noqa: E402
-from blip_lora_training.synth import caption_for, select_scenes, write_dataset  # noqa: E402
-from blip_lora_core.train.loop import predict, train  # noqa: E402
-from blip_lora_core.train.config import TrainConfig  # noqa: E402
+from blip_lora_core.lora.adapter_io import load_adapter
+from blip_lora_core.lora.hooks import LoraConfig
+from blip_lora_core.models.loading import TinySize, build_tiny_blip, load_blip
+from blip_lora_core.train.config import TrainConfig
+from blip_lora_core.train.data import Sample, read_jsonl
+from blip_lora_core.train.gallery import GalleryRow, write_gallery
+from blip_lora_core.train.loop import predict, train
+from blip_lora_core.train.metrics import caption_metrics
+from blip_lora_training.synth import caption_for, select_scenes, write_dataset
 
 # seed_blocks' empty-table phrasings: in the vocabulary so the cached base also serves real photos.
 SEED_BLOCKS_CAPTIONS = (
@@ -85,7 +85,7 @@ class DemoSettings:
     progress: bool = True
 
     @classmethod
-    def fast(cls) -> "DemoSettings":
+    def fast(cls) -> DemoSettings:
         """A smaller demo for tests: fewer renders, a higher base learning rate."""
         return cls(base_train=700, base_val=70, base_epochs=12, base_lr=3e-3, shift_train=700, shift_test=70)
 
@@ -251,7 +251,8 @@ def _run(out: Path, settings: DemoSettings, fresh: bool) -> DemoResult:
     clock["lora"] = time.perf_counter()
     _say(f"      after LoRA: exact match {after['exact_match']:.2f} ({clock['lora'] - clock['base']:.0f} s)")
 
-    rows = [GalleryRow(s.image, [s.text], {"before": b, "after": a}) for s, b, a in zip(test, before_pred, after_pred)]
+    rows = [GalleryRow(s.image, [s.text], {"before": b, "after": a})
+            for s, b, a in zip(test, before_pred, after_pred, strict=True)]
     gallery = write_gallery(out / "gallery.html", rows, title="blip-lora demo: shifted domain, before and after LoRA")
     _say(f"[4/4] gallery: {gallery}")
     seconds = {"base": clock["base"] - clock["start"], "lora": clock["lora"] - clock["base"],

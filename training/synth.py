@@ -61,7 +61,7 @@ class Scene:
 
     def pairs(self) -> list[tuple[str, str]]:
         """The (top, bottom) colour pairs of touching cubes, top first."""
-        return list(zip(self.cubes, self.cubes[1:]))
+        return list(zip(self.cubes, self.cubes[1:], strict=False))
 
 
 @dataclass(frozen=True)

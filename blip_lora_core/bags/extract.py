@@ -21,12 +21,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..errors import BagError, ConfigError, ImageDecodeError
+from ..runtime.image_msgs import decode_message
+from ..train.data import write_jsonl
 from .output import check_not_input, check_output, staged_output
 from .reader import BagMessage, ns_to_seconds, read_camera, stamp_parts
 from .storage import resolve_bag
-from ..train.data import write_jsonl
-from ..errors import BagError, ConfigError, ImageDecodeError
-from ..runtime.image_msgs import decode_message
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,8 @@ def _caption_batch(batch: list[tuple[dict[str, Any], np.ndarray]], precaption: P
     captions = precaption.caption_fn([rgb for _, rgb in batch])
     if len(captions) != len(batch):
         raise BagError(f"the captioner returned {len(captions)} captions for {len(batch)} frames")
-    return [{**row, "text": text, "precaption": dict(precaption.meta)} for (row, _), text in zip(batch, captions)]
+    return [{**row, "text": text, "precaption": dict(precaption.meta)}
+            for (row, _), text in zip(batch, captions, strict=True)]
 
 
 def _row(item: BagMessage, name: str, topic: str, bag: str) -> dict[str, Any]:

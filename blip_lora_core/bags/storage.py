@@ -242,7 +242,7 @@ def message_payloads(bag: OpenBag, conns: list[Any], topic: str) -> Iterator[tup
                 conn, time_ns, raw = next(messages)
             except StopIteration:
                 break
-            except Exception as exc:  # noqa: BLE001 - any storage failure means a damaged file
+            except Exception as exc:
                 raise BagError(f"{named}: cannot read message {count} on {topic}: {reason(exc)}; "
                                f"{corrupt_hint(named)}") from exc
             count += 1

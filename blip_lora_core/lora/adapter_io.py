@@ -46,7 +46,8 @@ class AdapterInfo:
     extra: dict = field(default_factory=dict)
 
 
-def adapter_filename(config: LoraConfig, *, batch_size: int, epochs: int, lr: float, when: datetime | None = None) -> str:
+def adapter_filename(config: LoraConfig, *, batch_size: int, epochs: int, lr: float,
+                     when: datetime | None = None) -> str:
     """lora_r16_a32_bs2_ep4_lr0.0001_20250607_161536.safetensors"""
     stamp = (when or datetime.now()).strftime("%Y%m%d_%H%M%S")
     return f"lora_r{config.r}_a{config.alpha:g}_bs{batch_size}_ep{epochs}_lr{lr:g}_{stamp}.safetensors"

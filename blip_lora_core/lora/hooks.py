@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .dropout import lora_dropout
 from ..config_mapping import dataclass_kwargs
 from ..errors import AdapterError, ConfigError
+from .dropout import lora_dropout
 
 DEFAULT_TARGETS = (r"vision_model\..*",)
 _FROZEN_FLAGS = "_lora_requires_grad_before"

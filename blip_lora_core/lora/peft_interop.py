@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save as safetensors_bytes
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
-from .adapter_io import AdapterInfo, read_adapter, save_adapter
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import AdapterError, ConfigError
+from .adapter_io import AdapterInfo, read_adapter, save_adapter
 from .hooks import LoraConfig, check_lora_fits, load_lora_tensors, lora_layers, remove_lora
 
 PEFT_PREFIX = "base_model.model."
@@ -92,7 +93,8 @@ def _read_peft_config(path: Path) -> dict:
     except (OSError, ValueError) as error:
         raise AdapterError(f"{path}: cannot read peft adapter config ({error})") from None
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise AdapterError(f"{path}: not a peft LoRA adapter (peft_type {config.get('peft_type') if isinstance(config, dict) else None!r})")
+        found = config.get("peft_type") if isinstance(config, dict) else None
+        raise AdapterError(f"{path}: not a peft LoRA adapter (peft_type {found!r})")
     for key, plain in _UNSUPPORTED.items():
         if config.get(key, plain) not in (plain, [], {}):
             raise AdapterError(f"{path}: peft option {key}={config[key]!r} is not supported by blip-lora")

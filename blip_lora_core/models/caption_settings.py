@@ -67,7 +67,7 @@ class CaptionSettings:
         if not self.merge:
             raise ConfigError(f"quantize {self.quantize} needs merge: the adapter is quantized with the weights")
 
-    def with_changes(self, **changes: Any) -> "CaptionSettings":
+    def with_changes(self, **changes: Any) -> CaptionSettings:
         """A validated copy with some fields changed (ConfigError naming an unknown one)."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:

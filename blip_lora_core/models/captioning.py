@@ -47,7 +47,7 @@ class Captioner:
 
     @classmethod
     def from_pretrained(cls, model: str, settings: CaptionSettings | None = None, *, adapter: str | None = None,
-                        revision: str | None = None, **overrides) -> "Captioner":
+                        revision: str | None = None, **overrides) -> Captioner:
         settings = (settings or CaptionSettings()).with_changes(**overrides)
         bundle = load_blip(model, dtype=settings.dtype, device=settings.device, revision=revision)
         if bundle.model.dtype == torch.bfloat16 and bundle.model.device.type == "cpu" and not cpu_has_bf16():

@@ -36,7 +36,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise DataError(f"{path}: {exc}") from exc
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: refused as a possible decompression bomb: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - corrupt files raise OSError, SyntaxError, struct.error...
+    except Exception as exc:
         raise DataError(f"{path}: cannot decode image: {exc}") from exc
 
 
@@ -100,7 +100,7 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
 
 def _lab_to_rgb(img: Image.Image) -> Image.Image:
     """CIE L*a*b* (as in some TIFFs) to sRGB through littlecms."""
-    from PIL import ImageCms  # noqa: PLC0415 - optional part of Pillow, needed for LAB only
+    from PIL import ImageCms
 
     lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
     return ImageCms.applyTransform(img, ImageCms.buildTransformFromOpenProfiles(lab, srgb, "LAB", "RGB"))

@@ -28,7 +28,7 @@ class TokenSpec:
     max_length: int
 
     @classmethod
-    def from_model(cls, model) -> "TokenSpec":
+    def from_model(cls, model) -> TokenSpec:
         text = model.config.text_config
         return cls(text.bos_token_id, text.sep_token_id, text.pad_token_id, text.max_position_embeddings)
 

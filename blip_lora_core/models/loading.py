@@ -100,7 +100,8 @@ def _check_local_folder(name_or_path: str) -> None:
 
 def blip_large_config() -> BlipConfig:
     """The architecture of Salesforce/blip-image-captioning-large, from the copy in this package."""
-    text = resources.files("blip_lora_core").joinpath("models/model_configs/blip-image-captioning-large.json").read_text()
+    source = resources.files("blip_lora_core").joinpath("models/model_configs/blip-image-captioning-large.json")
+    text = source.read_text()
     config = json.loads(text)
     config.pop("_comment", None)
     return BlipConfig.from_dict(config)

@@ -31,7 +31,7 @@ class ImagePreprocessor:
     rescale_factor: float = 1 / 255
 
     @classmethod
-    def from_dict(cls, config: dict) -> "ImagePreprocessor":
+    def from_dict(cls, config: dict) -> ImagePreprocessor:
         size = config.get("size", {})
         if isinstance(size, int):
             size = {"height": size, "width": size}
@@ -45,7 +45,7 @@ class ImagePreprocessor:
         )
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> "ImagePreprocessor":
+    def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> ImagePreprocessor:
         """Read preprocessor_config.json from a local folder or the hub cache."""
         from transformers.utils import cached_file
 

@@ -136,7 +136,8 @@ class StaticGreedyDecoder:
     def _run(self, plan: _Plan, min_new_tokens: int, stop_early: bool) -> int:
         """plan.pixels, plan.prompt -> plan.out; returns how many tokens were generated."""
         image = self.model.vision_model(pixel_values=plan.pixels)[0]
-        cross = [(self._split(layer.crossattention.self.key(image)), self._split(layer.crossattention.self.value(image)))
+        cross = [(self._split(layer.crossattention.self.key(image)),
+                  self._split(layer.crossattention.self.value(image)))
                  for layer in self.model.text_decoder.bert.encoder.layer]
         start = plan.prompt.shape[1]
         new_tokens = plan.out.shape[1] - start

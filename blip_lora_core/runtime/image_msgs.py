@@ -7,11 +7,10 @@ C-contiguous ``(H, W, 3)`` uint8 RGB array and raises only ``ImageDecodeError``.
 from __future__ import annotations
 
 import array
+import io
 import operator
 from dataclasses import dataclass
 from typing import Any
-
-import io
 
 import cv2
 import numpy as np

@@ -271,7 +271,7 @@ class CaptionPipeline:
         self._last_start = start
         try:
             text = self._caption_fn(image)
-        except Exception as error:  # the worker must survive any model failure
+        except Exception as error:  # noqa: BLE001 - the worker must survive any model failure
             return self._failed("inference", f"{self.name}: captioning a {describe_frame(frame.msg)} frame "
                                              f"failed: {type(error).__name__}: {error}")
         end = self._clock()
@@ -332,6 +332,6 @@ class CaptionPipeline:
                 continue
             try:
                 self._process(frame)
-            except Exception as error:  # a failing publish must not kill the worker either
+            except Exception as error:  # noqa: BLE001 - a failing publish must not kill the worker either
                 self._warn_throttled("publish", f"{self.name}: publishing a caption failed: "
                                                 f"{type(error).__name__}: {error}")

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from .data import Key
 from ..models.labels import TokenSpec, collate_text
+from .data import Key
 
 PREFETCH = 4  # micro-batches each worker prepares ahead
 

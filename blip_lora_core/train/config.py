@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from .augment import AugmentConfig
 from ..errors import ConfigError
 from ..lora.hooks import LoraConfig
+from .augment import AugmentConfig
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 FINETUNE_MODES = ("lora", "full")

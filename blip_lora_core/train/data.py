@@ -299,8 +299,8 @@ def _check_images(
             errors = list(pool.map(check, [s.image for s in samples]))
     else:
         errors = [check(s.image) for s in samples]
-    good = [s for s, err in zip(samples, errors) if err is None]
-    bad = [BadLine(s.source, s.line, err) for s, err in zip(samples, errors) if err is not None]
+    good = [s for s, err in zip(samples, errors, strict=True) if err is None]
+    bad = [BadLine(s.source, s.line, err) for s, err in zip(samples, errors, strict=True) if err is not None]
     return good, bad
 
 

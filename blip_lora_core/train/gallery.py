@@ -36,7 +36,8 @@ def write_gallery(path: str | Path, rows: Sequence[GalleryRow], title: str = "bl
     body = []
     for row in rows:
         refs = {normalise(r) for r in row.references}
-        cells = [f'<td><img src="data:image/jpeg;base64,{_thumbnail(row.image)}" title="{html.escape(str(row.image))}"></td>',
+        title = html.escape(str(row.image))
+        cells = [f'<td><img src="data:image/jpeg;base64,{_thumbnail(row.image)}" title="{title}"></td>',
                  f"<td>{html.escape(' | '.join(row.references))}</td>"]
         for column in columns:
             text = row.predictions[column]

@@ -30,7 +30,7 @@ def exact_match(predictions: Sequence[str], references: Sequence[Sequence[str]])
     _check_lengths(predictions, references)
     if not predictions:
         return 0.0
-    hits = sum(normalise(p) in {normalise(r) for r in refs} for p, refs in zip(predictions, references))
+    hits = sum(normalise(p) in {normalise(r) for r in refs} for p, refs in zip(predictions, references, strict=True))
     return hits / len(predictions)
 
 

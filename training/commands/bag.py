@@ -82,8 +82,12 @@ def _add_strict(parser: argparse.ArgumentParser) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from blip_lora_core.bags.extract import (ExtractOptions, Precaption, check_extract_output,  # the [bags] extra
-                                             extract_frames)
+    from blip_lora_core.bags.extract import (  # the [bags] extra
+        ExtractOptions,
+        Precaption,
+        check_extract_output,
+        extract_frames,
+    )
     from blip_lora_core.bags.reader import check_camera_topic
 
     options = ExtractOptions(args.topic, every=args.every, dedup_threshold=args.dedup_threshold,

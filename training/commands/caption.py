@@ -48,7 +48,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     captioner = captioner_from_args(args)
-    rows = [{"image": str(path), "caption": caption} for path, caption in zip(paths, captioner.caption_files(paths))]
+    captions = captioner.caption_files(paths)
+    rows = [{"image": str(path), "caption": caption} for path, caption in zip(paths, captions, strict=True)]
     text = _format(rows, args.out)
     if args.out:
         atomic_write_text(args.out, text)

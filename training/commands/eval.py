@@ -35,10 +35,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"exact match {metrics['exact_match']:.3f}  BLEU-4 {metrics['bleu4']:.3f}  "
           f"CIDEr {metrics['cider']:.3f}  ({metrics['count']} images)")
     if args.gallery:
-        rows = [GalleryRow(s.image, refs, {"prediction": p}) for s, refs, p in zip(samples, references, predictions)]
+        rows = [GalleryRow(s.image, refs, {"prediction": p})
+                for s, refs, p in zip(samples, references, predictions, strict=True)]
         print(f"gallery: {write_gallery(args.gallery, rows)}")
     if args.out:
         details = [{"image": s.image_as_written, "references": r, "prediction": p}
-                   for s, r, p in zip(samples, references, predictions)]
+                   for s, r, p in zip(samples, references, predictions, strict=True)]
         atomic_write_text(args.out, json.dumps({"metrics": metrics, "predictions": details}, indent=2))
     return 0

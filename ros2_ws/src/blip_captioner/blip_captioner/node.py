@@ -26,12 +26,11 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
+from blip_captioner.params import PARAMS, LiveCaptioner, ParamSpec, apply_changes, checked
 from blip_lora_core.errors import BlipLoraError
 from blip_lora_core.runtime.diagnostics import Diagnosis, Level, diagnose
 from blip_lora_core.runtime.image_msgs import decode_message
 from blip_lora_core.runtime.pipeline import CaptionPipeline, PipelineStats, stamp_seconds
-
-from blip_captioner.params import PARAMS, LiveCaptioner, ParamSpec, apply_changes, checked
 
 NODE_NAME = "blip_captioner"
 DIAGNOSTICS_PERIOD_S = 1.0

@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from blip_lora_core.errors import BlipLoraError, ConfigError
 from blip_lora_core.models.caption_settings import QUANTIZE_CHOICES, CaptionSettings
 from blip_lora_core.models.captioning import Captioner
-from blip_lora_core.errors import BlipLoraError, ConfigError
 from blip_lora_core.models.loading import BLIP_LARGE
 from blip_lora_core.runtime.pipeline import CaptionPipeline
 
@@ -98,7 +98,7 @@ class LiveCaptioner:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, values: Mapping[str, Any], loader: Callable[..., Captioner] | None = None) -> "LiveCaptioner":
+    def load(cls, values: Mapping[str, Any], loader: Callable[..., Captioner] | None = None) -> LiveCaptioner:
         """Load the base model (and adapter) once; BlipLoraError when it cannot be loaded."""
         captioner = (loader or Captioner.from_pretrained)(values["model"], caption_settings(values),
                                                           adapter=values["adapter"] or None)

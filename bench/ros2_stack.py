@@ -21,9 +21,9 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARBALL = ROOT.parent / "shared" / "ros2-humble" / "ros2-humble-minimal.tar.gz"
+TARBALL = ROOT.parent / "shared" / "ros2-humble" / "ros2-humble-sdk.tar.gz"
 CACHE = ROOT / ".ros2"
-TREE = CACHE / "ros2-humble-minimal"
+TREE = CACHE / "ros2-humble-sdk"
 SRC = ROOT / "ros2_ws" / "src"
 PROBE = Path(__file__).resolve().parent / "ros_probe.py"
 UNAVAILABLE = ("no ROS 2 found: these tests run the node on a real ROS 2. Run `source /opt/ros/humble/setup.bash` "
@@ -55,10 +55,13 @@ def extract_tree() -> Path:
 
 
 def domain_id() -> int:
-    """One DDS domain per pytest-xdist worker, offset by this checkout's path (parallel checkouts)."""
+    """One DDS domain per pytest-xdist worker, offset by this checkout's path (parallel checkouts), or by
+    BLIP_LORA_DOMAIN_BASE where checkouts on one machine must not share a domain (0-19)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
-    return 20 + (zlib.crc32(str(ROOT).encode()) % 20) * 4 + index % 4
+    base = os.environ.get("BLIP_LORA_DOMAIN_BASE")
+    slot = int(base) % 20 if base and base.isdigit() else zlib.crc32(str(ROOT).encode()) % 20
+    return 20 + slot * 4 + index % 4
 
 
 def _source(scripts: list[Path], base: dict[str, str]) -> dict[str, str]:
@@ -80,17 +83,17 @@ def colcon_build(src: Path, out: Path, env: dict[str, str]) -> Path:
     return out / "install"
 
 
-class Ros2Unavailable(RuntimeError):
+class Ros2UnavailableError(RuntimeError):
     """Neither a sourced ROS 2 nor the shared tree."""
 
 
 def base_environment() -> dict[str, str]:
-    """This process's environment with ROS sourced (the shared tree when none is); Ros2Unavailable if neither."""
+    """This process's environment with ROS sourced (the shared tree when none is); Ros2UnavailableError if neither."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if _sourced():
         return env
     if not TARBALL.is_file():
-        raise Ros2Unavailable(UNAVAILABLE)
+        raise Ros2UnavailableError(UNAVAILABLE)
     return _source([extract_tree()], env)
 
 
@@ -139,10 +142,10 @@ class Launched:
             os.killpg(self.process.pid, signal.SIGINT)
             try:
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as hung:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-                raise AssertionError(f"did not stop on SIGINT within {timeout} s:\n{self.output()[-3000:]}")
+                raise AssertionError(f"did not stop on SIGINT within {timeout} s:\n{self.output()[-3000:]}") from hung
         self._file.close()
         return self.process.returncode
 

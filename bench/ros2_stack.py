@@ -1,9 +1,9 @@
 """A real ROS 2 for the node tests and the real-DDS benchmark: a sourced install, or the tree from ../shared.
 
 Every ROS process (the node, ros2 launch/param/topic, bench/ros_probe.py) runs as a subprocess with the
-environment from ``environment``: ROS sourced (the shared tree is extracted once into .ros2/), ros2_ws built
-by colcon on top, this venv's python first on PATH, ROS_LOCALHOST_ONLY=1 and a ROS_DOMAIN_ID of its own per
-pytest-xdist worker.
+environment from ``environment``: ROS Humble or Jazzy sourced (the shared tree is extracted once into .ros2/),
+ros2_ws built by colcon on top, this venv's python first on PATH, discovery on loopback and a ROS_DOMAIN_ID of
+its own per pytest-xdist worker and distribution.
 """
 
 from __future__ import annotations
@@ -21,47 +21,62 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARBALL = ROOT.parent / "shared" / "ros2-humble" / "ros2-humble-sdk.tar.gz"
+SHARED = ROOT.parent / "shared"
 CACHE = ROOT / ".ros2"
-TREE = CACHE / "ros2-humble-sdk"
 SRC = ROOT / "ros2_ws" / "src"
 PROBE = Path(__file__).resolve().parent / "ros_probe.py"
-UNAVAILABLE = ("no ROS 2 found: these tests run the node on a real ROS 2. Run `source /opt/ros/humble/setup.bash` "
-               "(or jazzy) then `make test`, or put the shared ROS 2 tree at ../shared/ros2-humble/")
+# the real ROS 2 trees in ../shared, one per supported distribution (the first is the default)
+TARBALLS = {"humble": SHARED / "ros2-humble" / "ros2-humble-sdk.tar.gz",
+            "jazzy": SHARED / "ros2-jazzy" / "ros2-jazzy-sdk.tar.gz"}
+DISTROS = tuple(TARBALLS)
+# how each distribution keeps DDS discovery on loopback; Jazzy's messages check field types only when asked
+LOCALHOST = {"humble": {"ROS_LOCALHOST_ONLY": "1"},
+             "jazzy": {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_PYTHON_CHECK_FIELDS": "1"}}
+UNAVAILABLE = ("no ROS 2 {distro} found: these tests run the node on a real ROS 2. Run "
+               "`source /opt/ros/{distro}/setup.bash` then `make test`, or put the shared ROS 2 tree at {tarball}")
 
 
-def _sourced() -> bool:
-    return bool(os.environ.get("AMENT_PREFIX_PATH")) and shutil.which("ros2") is not None
+def _sourced(distro: str) -> bool:
+    """A ROS 2 of ``distro`` is sourced in this process's environment."""
+    return (bool(os.environ.get("AMENT_PREFIX_PATH")) and shutil.which("ros2") is not None
+            and os.environ.get("ROS_DISTRO") == distro)
 
 
-def extract_tree() -> Path:
-    """Extract the shared tarball once into .ros2/ (a lock serialises pytest workers); its setup.bash."""
+def tree(distro: str = "humble") -> Path:
+    """Where the shared tree of ``distro`` is extracted."""
+    return CACHE / TARBALLS[distro].name.removesuffix(".tar.gz")
+
+
+def extract_tree(distro: str = "humble") -> Path:
+    """Extract the shared tarball of ``distro`` once into .ros2/ (a lock serialises pytest workers); its
+    setup.bash."""
+    tarball, folder = TARBALLS[distro], tree(distro)
     CACHE.mkdir(exist_ok=True)
-    marker = CACHE / "extracted-from.txt"
-    stamp = f"{TARBALL} {TARBALL.stat().st_size} {TARBALL.stat().st_mtime_ns}"
+    marker = CACHE / f"extracted-{distro}.txt"
+    stamp = f"{tarball} {tarball.stat().st_size} {tarball.stat().st_mtime_ns}"
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (marker.is_file() and marker.read_text() == stamp and (TREE / "setup.bash").is_file()):
-            partial = CACHE / "partial"
+        if not (marker.is_file() and marker.read_text() == stamp and (folder / "setup.bash").is_file()):
+            partial = CACHE / f"partial-{distro}"
             shutil.rmtree(partial, ignore_errors=True)
-            shutil.rmtree(TREE, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
             partial.mkdir()
-            with tarfile.open(TARBALL) as archive:
+            with tarfile.open(tarball) as archive:
                 archive.extractall(partial, filter="tar")
-            (partial / TREE.name).rename(TREE)
+            (partial / folder.name).rename(folder)
             partial.rmdir()
             marker.write_text(stamp)
-    return TREE / "setup.bash"
+    return folder / "setup.bash"
 
 
-def domain_id() -> int:
-    """One DDS domain per pytest-xdist worker, offset by this checkout's path (parallel checkouts), or by
-    BLIP_LORA_DOMAIN_BASE where checkouts on one machine must not share a domain (0-19)."""
+def domain_id(distro: str = "humble") -> int:
+    """One DDS domain per (pytest-xdist worker, distribution), offset by this checkout's path (parallel
+    checkouts), or by BLIP_LORA_DOMAIN_BASE (0-19) where checkouts on one machine must not share a domain."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
     base = os.environ.get("BLIP_LORA_DOMAIN_BASE")
     slot = int(base) % 20 if base and base.isdigit() else zlib.crc32(str(ROOT).encode()) % 20
-    return 20 + slot * 4 + index % 4
+    return 20 + slot * 4 + DISTROS.index(distro) * 2 + index % 2
 
 
 def _source(scripts: list[Path], base: dict[str, str]) -> dict[str, str]:
@@ -87,22 +102,27 @@ class Ros2UnavailableError(RuntimeError):
     """Neither a sourced ROS 2 nor the shared tree."""
 
 
-def base_environment() -> dict[str, str]:
-    """This process's environment with ROS sourced (the shared tree when none is); Ros2UnavailableError if neither."""
+def base_environment(distro: str = "humble") -> dict[str, str]:
+    """This process's environment with ROS ``distro`` sourced (the shared tree when it is not);
+    Ros2UnavailableError if neither."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    if _sourced():
+    if _sourced(distro):
         return env
-    if not TARBALL.is_file():
-        raise Ros2UnavailableError(UNAVAILABLE)
-    return _source([extract_tree()], env)
+    if not TARBALLS[distro].is_file():
+        raise Ros2UnavailableError(UNAVAILABLE.format(distro=distro, tarball=TARBALLS[distro]))
+    for name in ("AMENT_PREFIX_PATH", "CMAKE_PREFIX_PATH", "COLCON_PREFIX_PATH", "ROS_DISTRO", "ROS_VERSION",
+                 "ROS_PYTHON_VERSION", "ROS_LOCALHOST_ONLY", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
+        env.pop(name, None)  # another distribution sourced in this shell must not leak into this one
+    return _source([extract_tree(distro)], env)
 
 
-def environment(folder: Path) -> dict[str, str]:
-    """The environment every ROS subprocess runs in: ROS + ros2_ws built into ``folder``, this repo importable."""
-    base = base_environment()
+def environment(folder: Path, distro: str = "humble") -> dict[str, str]:
+    """The environment every ROS subprocess runs in: ROS ``distro`` + ros2_ws built into ``folder``, this repo
+    importable, DDS on loopback in a domain of its own."""
+    base = base_environment(distro)
     install = colcon_build(SRC, folder, base)
     env = _source([install / "local_setup.sh"], base)
-    env.update(ROS_LOCALHOST_ONLY="1", ROS_DOMAIN_ID=str(domain_id()), PYTHONUNBUFFERED="1",
+    env.update(LOCALHOST[distro], ROS_DOMAIN_ID=str(domain_id(distro)), PYTHONUNBUFFERED="1",
                RCUTILS_COLORIZED_OUTPUT="0", HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
                OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
     return env

@@ -172,7 +172,7 @@ def test_without_any_ros_2_the_node_tests_say_how_to_run_them(monkeypatch, tmp_p
     from bench import ros2_stack
 
     monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
-    monkeypatch.setattr(ros2_stack, "TARBALL", tmp_path / "absent.tar.gz")
+    monkeypatch.setitem(ros2_stack.TARBALLS, "humble", tmp_path / "absent.tar.gz")
     with pytest.raises(ros2_stack.Ros2UnavailableError) as info:
         ros2_stack.base_environment()
     assert "source /opt/ros/humble/setup.bash" in str(info.value) and "make test" in str(info.value)

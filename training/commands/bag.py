@@ -122,8 +122,9 @@ def run_caption(args: argparse.Namespace) -> int:
     captions, report = replay_captions(args.bag, lambda image: captioner.caption([image])[0], options)
     write_captions(args.out, captions, source=args.bag, topic=args.caption_topic, storage=args.storage,
                    force=args.force)
+    repeats = f"{report.unchanged} repeats of the last caption not published (--on-change), " if args.on_change else ""
     print(f"wrote {report.captions} captions of {report.messages} frames on {args.topic} to {args.out} "
-          f"({report.dropped} replaced by newer frames, {report.decode_errors} undecodable, "
+          f"({report.dropped} replaced by newer frames, {repeats}{report.decode_errors} undecodable, "
           f"{report.inference_errors} model failures)")
     if report.first_error:
         print(f"first failure: {report.first_error}")

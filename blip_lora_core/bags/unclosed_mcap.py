@@ -48,29 +48,35 @@ class Channel:
 
 @dataclass
 class Salvage:
-    """What a scan found: records read up to byte ``intact_end`` of ``size``, complete ``chunks``, and the
-    chunk cut short at the end (``cut_messages`` read from it, ``cut_lost`` bytes of its records missing)."""
+    """What a scan found: records read up to byte ``intact_end`` of ``size``, complete ``chunks``, and where it
+    stopped: the summary, a chunk cut short at the end (``cut_messages`` read from it, ``cut_lost`` bytes of its
+    records missing, None when its header is cut too), or a complete chunk that does not check out."""
 
     size: int
     intact_end: int = len(MAGIC)
     chunks: int = 0
+    summary_reached: bool = False
     cut_chunk: bool = False
     cut_messages: int = 0
-    cut_lost: int = 0
-    summary_reached: bool = False
+    cut_lost: int | None = None
+    damaged_chunk: bool = False
     counts: Counter = field(default_factory=Counter)  # channel id -> messages
 
     def describe(self) -> str:
         """One sentence: what was read and what was lost."""
         total = sum(self.counts.values())
         text = f"read {total} messages from its {self.chunks} complete chunk{'' if self.chunks == 1 else 's'}"
+        if self.summary_reached:
+            return text + "; only its summary is missing, no message was lost"
         if self.cut_chunk:
-            text += (f" and the chunk it was writing, which is cut short ({self.cut_messages} messages read from it, "
-                     f"{self.cut_lost:,} bytes of its messages lost)")
-        elif self.summary_reached:
-            text += "; only its summary is missing, no message was lost"
-        elif self.intact_end < self.size:
-            text += f"; its last {self.size - self.intact_end:,} bytes are an incomplete record, skipped"
+            lost = "" if self.cut_lost is None else f", {self.cut_lost:,} bytes of its messages lost"
+            return text + f" and the chunk it was writing, which is cut short ({self.cut_messages} messages read " \
+                          f"from it{lost})"
+        if self.damaged_chunk:
+            return text + f"; the chunk at byte {self.intact_end:,} does not check out (size, CRC or compression): " \
+                          f"it and the {self.size - self.intact_end:,} bytes after it are skipped"
+        if self.intact_end < self.size:
+            return text + f"; its last {self.size - self.intact_end:,} bytes, an incomplete record, are skipped"
         return text
 
 
@@ -137,8 +143,9 @@ class _Scan:
             content = self.bio.read(length)
             if opcode == CHUNK:
                 records = _chunk_records(content)
-                if records is None:
-                    return  # a complete chunk that does not decode or check out: corrupt, stop before it
+                if records is None:  # complete, but it does not decode or check out: damage, stop before it
+                    self.salvage.damaged_chunk = True
+                    return
                 yield from self._records(records)
                 self.salvage.chunks += 1
             else:

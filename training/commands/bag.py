@@ -9,6 +9,9 @@ from blip_lora_core.errors import ConfigError
 
 from ._model_args import add_model_args, captioner_from_args
 
+BAG_HELP = ("bag folder (with or without metadata.yaml: a recording that was not closed reads as far as it is "
+            "intact), or one .db3 or .mcap file, compressed as .zstd or not")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -27,7 +30,7 @@ def _register_extract(actions: argparse._SubParsersAction) -> None:
                     "annotations.jsonl in the format `train` reads. Captions are empty (\"text\": \"\") "
                     "unless --precaption fills them; every row has \"reviewed\": false. `train` refuses "
                     "empty captions: write or correct them first.")
-    parser.add_argument("bag", type=Path, help="bag folder, .db3 or .mcap file")
+    parser.add_argument("bag", type=Path, help=BAG_HELP)
     _add_topic(parser)
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     parser.add_argument("--every", type=float, default=0.0,
@@ -51,7 +54,7 @@ def _register_caption(actions: argparse._SubParsersAction) -> None:
                     "By default as fast as possible and deterministic: a clock following the bag's receive "
                     "times applies the rate limit in bag time. --realtime plays the messages at their "
                     "recorded pace into the node's worker thread instead.")
-    parser.add_argument("bag", type=Path, help="bag folder, .db3 or .mcap file")
+    parser.add_argument("bag", type=Path, help=BAG_HELP)
     _add_topic(parser)
     parser.add_argument("--out", type=Path, required=True,
                         help="captions.jsonl ({stamp, image_stamp, caption} per line), a .mcap or .db3 file, "

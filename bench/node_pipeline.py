@@ -130,7 +130,7 @@ class RealtimeResult:
 def run_realtime(model: Model, frames: int, fps: float, max_rate_hz: float) -> RealtimeResult:
     """Publish ``frames`` images at ``fps`` with real sleeps; the pipeline's worker captions meanwhile."""
     ages: list[float] = []
-    pipe = CaptionPipeline(model.timed, lambda text, stamp: ages.append(time.monotonic() - stamp),
+    pipe = CaptionPipeline(model.timed, lambda event: ages.append(time.monotonic() - event.stamp),
                            max_rate_hz=max_rate_hz, name="/bench/image_raw")
     pipe.start()
     start = time.monotonic()
@@ -260,7 +260,7 @@ def run_memory(model: Model, frames: int, fps: float, max_rate_hz: float, every:
         return text
 
     ages: list[float] = []
-    pipe = CaptionPipeline(caption, lambda text, stamp: ages.append(clock() - stamp), clock=clock,
+    pipe = CaptionPipeline(caption, lambda event: ages.append(clock() - event.stamp), clock=clock,
                            max_rate_hz=max_rate_hz, name="/bench/image_raw")
     busy, samples = [0.0], [(0, rss_mib())]
     for index in range(frames):

@@ -181,11 +181,12 @@ def run_real_dds(model_dir: str, seconds: float, fps: float, folder: Path, env: 
     env = env or ros2_stack.environment(folder / "ros2_ws")
     config = yaml.safe_load((ros2_stack.SRC / "blip_captioner" / "config" / "captioner.yaml").read_text())
     config["/**"]["ros__parameters"].update(model=model_dir, device="cpu", max_rate_hz=0.0,
-                                            max_new_tokens=max_new_tokens, image_topic="/bench/image_raw")
+                                            max_new_tokens=max_new_tokens)
     params = folder / "bench_params.yaml"
     params.write_text(yaml.safe_dump(config))
     node = ros2_stack.Launched(env, ["ros2", "launch", "blip_captioner", "blip_captioner.launch.py",
-                                     f"params_file:={params}"], folder / "bench_launch.log")
+                                     f"params_file:={params}", "image_topic:=/bench/image_raw"],
+                                 folder / "bench_launch.log")
     try:
         node.wait_for("[blip_captioner]: captioning")
         pid = int(re.search(r"\[blip_captioner-1\]: process started with pid \[(\d+)\]", node.output()).group(1))
@@ -208,9 +209,9 @@ def run_real_dds(model_dir: str, seconds: float, fps: float, folder: Path, env: 
         code = node.stop()
     if code != 0:
         raise RuntimeError(f"the node did not stop cleanly (exit {code}):\n{node.output()[-3000:]}")
-    last = [d for d in report["diagnostics"] if d["name"] == "blip_captioner: captioning"][-1]["values"]
+    last = [d for d in report["diagnostics"] if d["name"] == "/blip_captioner: captioning"][-1]["values"]
     return DdsResult("tiny BLIP, node over real DDS", report["sent"], seconds, len(report["ages"]), report["ages"],
-                     statistics.median(report["latencies"]), int(last["frames_dropped"]),
+                     statistics.median(report["latencies"]), int(last["frames_replaced"]) + int(last["frames_rate_limited"]),
                      int(last["decode_errors"]) + int(last["inference_errors"]), int(last["frames_received"]), rss)
 
 

@@ -1,6 +1,7 @@
 """A camera and a listener in one ROS 2 process, for the node tests: `python ros_probe.py SPEC.json`.
 
-SPEC keys: topic (image topic), caption_topic (default /caption), frames (list of messages, below),
+SPEC keys: topic (image topic), caption_topic (default /caption; Caption messages on caption_topic/stamped),
+frames (list of messages, below),
 frame_timeout_s, diagnostics_s (listen to /diagnostics from the start, and this long at the end),
 stream ({fps, seconds, width, height}: a 640x480-style rgb8 stream stamped with the current time; reports
 every stamped caption's age).
@@ -20,6 +21,7 @@ import time
 
 import numpy as np
 import rclpy
+from blip_captioner_msgs.msg import Caption
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -52,7 +54,7 @@ class Probe:
         self.ages: list[float] = []
         self.diagnostics: list[dict] = []
         self.node.create_subscription(String, caption_topic, lambda m: self.captions.append(m.data), 50)
-        self.node.create_subscription(DiagnosticArray, caption_topic + "/stamped", self._on_stamped, 50)
+        self.node.create_subscription(Caption, caption_topic + "/stamped", self._on_stamped, 50)
         self.publishers = {}
         self.topic = spec.get("topic", "/camera/image_raw")
         if spec.get("diagnostics_s"):
@@ -72,11 +74,12 @@ class Probe:
                                                               self.topic, qos)
         return self.publishers[key]
 
-    def _on_stamped(self, msg: DiagnosticArray) -> None:
+    def _on_stamped(self, msg: Caption) -> None:
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        (status,) = msg.status
-        self.stamped[stamp] = dict(text=status.message, stamp=list(stamp), frame_id=msg.header.frame_id,
-                                   level=status.level[0], values=_values(status))
+        self.stamped[stamp] = dict(text=msg.text, stamp=list(stamp), frame_id=msg.header.frame_id,
+                                   confidence=msg.confidence, prompt=msg.prompt, adapter_name=msg.adapter_name,
+                                   adapter_hash=msg.adapter_hash, model=msg.model, decoder=msg.decoder,
+                                   decode_time=msg.decode_time, inference_time=msg.inference_time)
         now = self.node.get_clock().now().nanoseconds * 1e-9
         self.ages.append(now - (stamp[0] + stamp[1] * 1e-9))
 
@@ -144,7 +147,7 @@ def main() -> None:
         probe.spin_for(2.0)
     probe.spin_for(spec.get("diagnostics_s") or 0.3)
     report.update(captions=probe.captions, diagnostics=probe.diagnostics, ages=probe.ages,
-                  latencies=[float(s["values"]["latency_s"]) for s in probe.stamped.values()])
+                  latencies=[s["inference_time"] for s in probe.stamped.values()])
     probe.node.destroy_node()
     rclpy.try_shutdown()
     print(json.dumps(report))

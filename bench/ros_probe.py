@@ -8,7 +8,10 @@ every stamped caption's age).
 A frame: {kind: image|compressed, encoding/height/width/step or format, data_b64, sec, nanosec, frame_id,
 reliable (default false: best effort), stamp_now (stamp it with the current time at each publish), expect
 (default true: publish again every 0.5 s until its caption comes back on caption_topic/stamped, matched by
-stamp; false: publish `repeat` times)}. Prints one JSON line: frames, captions, diagnostics, ages.
+stamp; false: publish `repeat` times)}. With bridge: true each reported frame carries `bridge_b64` and
+`bridge_shape`: the image as the real cv_bridge decodes it (`imgmsg_to_cv2(msg, "rgb8")`,
+`compressed_imgmsg_to_cv2`), the independent expectation of what the node sees.
+Prints one JSON line: frames, captions, diagnostics, ages.
 """
 
 from __future__ import annotations
@@ -40,6 +43,17 @@ def _message(frame: dict):
     return msg
 
 
+def _bridged(msg) -> dict:
+    """The message decoded by the real cv_bridge to rgb8."""
+    from cv_bridge import CvBridge
+
+    bridge = CvBridge()
+    rgb = (bridge.imgmsg_to_cv2(msg, "rgb8") if isinstance(msg, Image)
+           else bridge.compressed_imgmsg_to_cv2(msg, "rgb8"))
+    return dict(bridge_b64=base64.b64encode(np.ascontiguousarray(rgb).tobytes()).decode(),
+                bridge_shape=list(rgb.shape))
+
+
 def _values(status) -> dict[str, str]:
     return {kv.key: kv.value for kv in status.values}
 
@@ -57,8 +71,16 @@ class Probe:
         self.node.create_subscription(Caption, caption_topic + "/stamped", self._on_stamped, 50)
         self.publishers = {}
         self.topic = spec.get("topic", "/camera/image_raw")
+        self.annotations: list[dict] = []
+        if spec.get("annotations"):
+            from foxglove_msgs.msg import ImageAnnotations
+
+            self.node.create_subscription(ImageAnnotations, caption_topic + "/annotations", self._on_annotations, 50)
         if spec.get("diagnostics_s"):
             self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
+
+    def _on_annotations(self, msg) -> None:
+        self.annotations += [dict(text=t.text, stamp=[t.timestamp.sec, t.timestamp.nanosec]) for t in msg.texts]
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -115,7 +137,10 @@ class Probe:
                 sent.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
             publisher.publish(msg)
             self.spin_for(0.5)
-        return dict(self.stamped[(sent & set(self.stamped)).pop()], sent_frame_id=frame["frame_id"])
+        report = dict(self.stamped[(sent & set(self.stamped)).pop()], sent_frame_id=frame["frame_id"])
+        if self.spec.get("bridge"):
+            report.update(_bridged(msg))
+        return report
 
     def stream(self, fps: float, seconds: float, width: int, height: int) -> int:
         publisher = self._publisher("image", False)
@@ -146,7 +171,7 @@ def main() -> None:
         report["sent"] = probe.stream(**spec["stream"])
         probe.spin_for(2.0)
     probe.spin_for(spec.get("diagnostics_s") or 0.3)
-    report.update(captions=probe.captions, diagnostics=probe.diagnostics, ages=probe.ages,
+    report.update(captions=probe.captions, diagnostics=probe.diagnostics, ages=probe.ages, annotations=probe.annotations,
                   latencies=[s["inference_time"] for s in probe.stamped.values()])
     probe.node.destroy_node()
     rclpy.try_shutdown()

@@ -78,7 +78,7 @@ def test_launch_arguments_resolved_names_and_types(ros_env, launched, tiny_model
     assert not [line for line in topics.splitlines() if line.startswith(("/caption ", "/caption/", "/image "))]
 
 
-@pytest.mark.parametrize("encoding, pad", [("rgb8", 8), ("bgr8", 0), ("mono8", 3), ("yuv422_yuy2", 0)])
+@pytest.mark.parametrize("encoding, pad", [("rgb8", 6), ("bgr8", 0), ("mono8", 3), ("yuv422_yuy2", 0)])
 def test_images_in_every_encoding_get_the_adapters_captions(ros_env, launched, photos, reference, adapters,
                                                            tiny_model_dir, encoding, pad):
     assert ros2(ros_env, "param", "set", NODE, "max_rate_hz", "0.0") == "Set parameter successful"

@@ -157,6 +157,7 @@ class DdsResult(RealtimeResult):
 
     received: int = 0
     rss: list[tuple[float, float]] = field(default_factory=list)
+    stamps_matched: bool = True  # every caption's stamp is a sent frame's
 
     def rss_drift_mib(self, after_s: float = 5.0) -> float:
         """RSS change of the node from ``after_s`` seconds into the stream to its end (warm-up excluded)."""
@@ -212,7 +213,9 @@ def run_real_dds(model_dir: str, seconds: float, fps: float, folder: Path, env: 
     last = [d for d in report["diagnostics"] if d["name"] == "/blip_captioner: captioning"][-1]["values"]
     return DdsResult("tiny BLIP, node over real DDS", report["sent"], seconds, len(report["ages"]), report["ages"],
                      statistics.median(report["latencies"]), int(last["frames_replaced"]) + int(last["frames_rate_limited"]),
-                     int(last["decode_errors"]) + int(last["inference_errors"]), int(last["frames_received"]), rss)
+                     int(last["decode_errors"]) + int(last["inference_errors"]), int(last["frames_received"]),
+                     rss,
+                     report["unmatched_stamps"] == 0)
 
 
 # ---------------------------------------------------------------- memory, simulated clock

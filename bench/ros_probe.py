@@ -66,6 +66,7 @@ class Probe:
         self.captions: list[str] = []
         self.stamped: dict[tuple[int, int], dict] = {}
         self.ages: list[float] = []
+        self.sent_stamps: set[tuple[int, int]] = set()
         self.diagnostics: list[dict] = []
         self.node.create_subscription(String, caption_topic, lambda m: self.captions.append(m.data), 50)
         self.node.create_subscription(Caption, caption_topic + "/stamped", self._on_stamped, 50)
@@ -120,7 +121,10 @@ class Probe:
     def send(self, frame: dict) -> dict | None:
         """Publish one frame (again every 0.5 s) until its stamped caption arrives; None if not expected."""
         publisher = self._publisher(frame["kind"], frame.get("reliable", False))
-        self.wait_for_subscriber(publisher)
+        if frame.get("wait", True):
+            self.wait_for_subscriber(publisher)
+        else:  # a subscriber that cannot match (incompatible QoS): give discovery its time
+            self.spin_for(1.0)
         msg = _message(frame)
         sent = {(frame["sec"], frame["nanosec"])}
         if not frame.get("expect", True):
@@ -155,6 +159,7 @@ class Probe:
                 msg.data = variants[sent % len(variants)]
                 msg.header.stamp = self.node.get_clock().now().to_msg()
                 msg.header.frame_id = "stream"
+                self.sent_stamps.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
                 publisher.publish(msg)
                 sent += 1
             rclpy.spin_once(self.node, timeout_sec=max(0.0, min(0.005, (sent / fps) - elapsed)))
@@ -169,9 +174,11 @@ def main() -> None:
     report: dict = {"frames": [probe.send(frame) for frame in spec.get("frames", [])]}
     if "stream" in spec:
         report["sent"] = probe.stream(**spec["stream"])
+        report["unmatched_stamps"] = len(set(probe.stamped) - probe.sent_stamps)
         probe.spin_for(2.0)
     probe.spin_for(spec.get("diagnostics_s") or 0.3)
-    report.update(captions=probe.captions, diagnostics=probe.diagnostics, ages=probe.ages, annotations=probe.annotations,
+    report.update(captions=probe.captions, diagnostics=probe.diagnostics, ages=probe.ages,
+                  annotations=probe.annotations,
                   latencies=[s["inference_time"] for s in probe.stamped.values()])
     probe.node.destroy_node()
     rclpy.try_shutdown()

@@ -12,7 +12,6 @@ import yaml
 
 from bench import ros2_stack
 
-
 DISTRO = "humble"
 
 

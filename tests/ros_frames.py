@@ -55,7 +55,8 @@ def compressed_frame(rgb: np.ndarray, fmt: str, **fields) -> tuple[dict, np.ndar
     """A sensor_msgs/CompressedImage of ``rgb`` ('jpeg', 'png', ...); the source array for lossless formats,
     None for jpeg (ask the probe for cv_bridge's decoding)."""
     kind = next(kind for kind in ("jpeg", "png", "tiff") if kind in fmt)
-    ok, payload = cv2.imencode({"jpeg": ".jpg", "png": ".png", "tiff": ".tiff"}[kind], np.ascontiguousarray(rgb[..., ::-1]))
+    suffix = {"jpeg": ".jpg", "png": ".png", "tiff": ".tiff"}[kind]
+    ok, payload = cv2.imencode(suffix, np.ascontiguousarray(rgb[..., ::-1]))
     assert ok
     frame = dict(kind="compressed", format=fmt, data_b64=base64.b64encode(payload.tobytes()).decode(), **fields)
     return frame, None if kind == "jpeg" else rgb

@@ -413,7 +413,8 @@ def test_stamp_seconds_and_frame_description():
 
 
 def healthy(**changes) -> PipelineStats:
-    base = dict(frames_received=300, frames_replaced=30, frames_rate_limited=250, captions_made=20, captions_published=20,
+    base = dict(frames_received=300, frames_replaced=30, frames_rate_limited=250, captions_made=20,
+                captions_published=20,
                 last_latency_s=0.1, mean_latency_s=0.1, caption_rate_hz=2.0, last_caption_age_s=0.15,
                 since_last_frame_s=0.03, since_last_caption_s=0.4, uptime_s=10.0)
     base.update(changes)

@@ -124,7 +124,8 @@ class LiveCaptioner:
             try:
                 read_adapter(changes["adapter"])
             except (BlipLoraError, OSError) as error:
-                return f"adapter {changes['adapter']!r} not loaded, kept {self._adapter.path or 'the base model'!r}: {error}"
+                kept = self._adapter.path or "the base model"
+                return f"adapter {changes['adapter']!r} not loaded, kept {kept!r}: {error}"
         return None
 
     def queue(self, changes: Mapping[str, Any]) -> None:

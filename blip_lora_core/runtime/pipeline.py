@@ -412,7 +412,7 @@ class CaptionPipeline:
             frame = self._slot.take(0.25)
             if frame is None or self._stop.is_set():
                 continue
-            self._guarded("publishing a caption", lambda: self._process(frame))
+            self._guarded("publishing a caption", lambda taken=frame: self._process(taken))
 
     def _guarded(self, doing: str, work: Callable[[], Any]) -> None:
         try:

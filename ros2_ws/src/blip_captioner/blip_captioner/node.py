@@ -222,7 +222,7 @@ class CaptionerNode(LifecycleNode):
             self._pipeline.submit(msg, stamp_seconds(msg))
 
     def _on_incompatible_qos(self, info: Any) -> None:
-        policy = getattr(info.last_policy_kind, "name", str(info.last_policy_kind))
+        policy = getattr(info.last_policy_kind, "name", str(info.last_policy_kind)).removeprefix("RMW_QOS_POLICY_")
         self._incompatible.append(policy)
         self.get_logger().warning(f"{self._topics.get('image')}: a publisher offers an incompatible QoS "
                                   f"({policy}); its images never arrive")

@@ -212,7 +212,8 @@ def run_real_dds(model_dir: str, seconds: float, fps: float, folder: Path, env: 
         raise RuntimeError(f"the node did not stop cleanly (exit {code}):\n{node.output()[-3000:]}")
     last = [d for d in report["diagnostics"] if d["name"] == "/blip_captioner: captioning"][-1]["values"]
     return DdsResult("tiny BLIP, node over real DDS", report["sent"], seconds, len(report["ages"]), report["ages"],
-                     statistics.median(report["latencies"]), int(last["frames_replaced"]) + int(last["frames_rate_limited"]),
+                     statistics.median(report["latencies"]),
+                     int(last["frames_replaced"]) + int(last["frames_rate_limited"]),
                      int(last["decode_errors"]) + int(last["inference_errors"]), int(last["frames_received"]),
                      rss,
                      report["unmatched_stamps"] == 0)

@@ -37,6 +37,7 @@ import yaml
 from bag_camera import PERIOD_NS, START_NS, frame_pixels
 from bag_fixtures import bag_cli, read, read_topic, replay, sqlite_edit, unchanged
 from PIL import Image
+from ros_env import wait_until
 
 from bench import ros2_stack
 from blip_lora_core.runtime.image_msgs import decode_message
@@ -121,13 +122,6 @@ RECORDERS = {
 }
 
 
-def _wait_until(ready: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
-        time.sleep(0.05)
-
-
 def _record(env: dict[str, str], folder: Path, distro: str) -> dict[str, Path]:
     """Every recorder of ``distro`` records the camera at once; each recording is then stopped or killed."""
     recorders = RECORDERS[distro]
@@ -148,7 +142,7 @@ def _record(env: dict[str, str], folder: Path, distro: str) -> dict[str, Path]:
             if recorder.kill_when is None:
                 assert launched[name].stop() == 0, launched[name].output()[-3000:]
                 continue
-            _wait_until(lambda r=recorder, n=name: r.kill_when(folder / n), f"{distro} {name} not ready to kill")
+            wait_until(lambda r=recorder, n=name: r.kill_when(folder / n), f"{distro} {name} ready to be killed")
             os.killpg(launched[name].process.pid, signal.SIGKILL)
             launched[name].process.wait()
     finally:

@@ -16,11 +16,13 @@ command runs inside bag_fixtures' input guard). Frame i has the pixels ``frame_p
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -173,14 +175,19 @@ def ros2_envs(tmp_path_factory) -> Callable[[str], dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def recordings(ros2_envs, tmp_path_factory) -> Callable[[str], dict[str, Path]]:
-    """distro -> {recorder name: bag folder}, recorded once per test session."""
+    """distro -> {recorder name: bag folder}, recorded once per test run: with pytest-xdist the first worker
+    that needs them records into a folder all workers of the run share, under a lock, and the others read
+    that (the xdist_group mark alone does not keep these tests on one worker with pytest 9.2, xdist issue
+    #1386)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # this run's pytest-N folder, above each worker's own
     made: dict[str, dict[str, Path] | BaseException] = {}
 
     def get(distro: str) -> dict[str, Path]:
         if distro not in made:
-            env = ros2_envs(distro)
             try:
-                made[distro] = _record(env, tmp_path_factory.mktemp(f"recordings_{distro}"), distro)
+                made[distro] = _recorded_once(lambda: ros2_envs(distro), shared / f"bag_recordings_{distro}", distro)
             except (AssertionError, OSError, subprocess.SubprocessError) as failed:  # reported by every test
                 made[distro] = failed
         if isinstance(made[distro], BaseException):
@@ -188,6 +195,19 @@ def recordings(ros2_envs, tmp_path_factory) -> Callable[[str], dict[str, Path]]:
         return made[distro]
 
     return get
+
+
+def _recorded_once(env: Callable[[], dict[str, str]], folder: Path, distro: str) -> dict[str, Path]:
+    """The recordings of ``distro`` in ``folder``, made there unless another process of this run did."""
+    done = folder.with_suffix(".done")
+    with open(folder.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            _record(env(), folder, distro)
+            done.write_text("recorded\n")
+    return {name: folder / name for name in RECORDERS[distro]}
 
 
 def _assert_published_prefix(messages: list, at_least: int = 1) -> None:

@@ -144,6 +144,7 @@ def _refuse_pickles(path: Path) -> None:
 def _parse_metadata(path: Path, metadata: dict[str, str]) -> AdapterInfo:
     if metadata.get("format") != FORMAT:
         raise AdapterError(f"{path}: not a blip-lora adapter (metadata format is {metadata.get('format')!r})")
+    _check_format_version(path, metadata.get("format_version", FORMAT_VERSION))
     try:
         targets = json.loads(metadata["targets"])
         if not isinstance(targets, list) or metadata["scaling"] not in ("alpha/r", "alpha/sqrt(r)"):
@@ -163,6 +164,16 @@ def _parse_metadata(path: Path, metadata: dict[str, str]) -> AdapterInfo:
         raise AdapterError(f"{path}: adapter metadata 'layers' must be a non-empty list of layer names")
     return AdapterInfo(config, layers, metadata.get("base_model", ""), metadata.get("base_revision", ""),
                        metadata.get("fingerprint", ""), extra if isinstance(extra, dict) else {})
+
+
+def _check_format_version(path: Path, version: str) -> None:
+    """AdapterError for a version this code cannot read: a newer one (written by a newer blip-lora) or not a
+    whole number. Files without the key predate it and are version 1."""
+    if not version.isdigit():
+        raise AdapterError(f"{path}: adapter metadata format_version {version[:20]!r} is not a whole number")
+    if int(version) > int(FORMAT_VERSION):
+        raise AdapterError(f"{path}: adapter format version {int(version)} is newer than the version "
+                           f"{FORMAT_VERSION} this blip-lora reads: upgrade blip-lora to load it")
 
 
 def _check_tensors(path: Path, info: AdapterInfo, tensors: dict[str, torch.Tensor]) -> None:

@@ -72,7 +72,7 @@ def staged_output(out: Path) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
         holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     except OSError as exc:
-        raise BagError(f"{out}: cannot create it: {reason(exc)}") from None
+        raise BagError(f"{out}: cannot create it: {reason(exc)}") from exc
     try:
         yield holder / out.name
         _replace(holder / out.name, out)

@@ -124,7 +124,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[AdapterInfo, dict[str, torch.
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         _refuse_pickles(path)
-        raise AdapterError(f"{path}: not a readable safetensors adapter file ({error})") from None
+        raise AdapterError(f"{path}: not a readable safetensors adapter file ({error})") from error
     info = _parse_metadata(path, metadata)
     _check_tensors(path, info, tensors)
     return info, tensors
@@ -159,7 +159,7 @@ def _parse_metadata(path: Path, metadata: dict[str, str]) -> AdapterInfo:
         layers = json.loads(metadata["layers"])
         extra = json.loads(metadata.get("extra", "{}"))
     except (KeyError, ValueError, TypeError, RecursionError, ConfigError) as error:
-        raise AdapterError(f"{path}: adapter metadata is missing or invalid ({str(error)[:200]})") from None
+        raise AdapterError(f"{path}: adapter metadata is missing or invalid ({str(error)[:200]})") from error
     if not isinstance(layers, list) or not layers or not all(isinstance(n, str) for n in layers):
         raise AdapterError(f"{path}: adapter metadata 'layers' must be a non-empty list of layer names")
     return AdapterInfo(config, layers, metadata.get("base_model", ""), metadata.get("base_revision", ""),
@@ -211,7 +211,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, check_base: bool 
         check_lora_fits(model, info.layers, tensors, info.config.r)
     except AdapterError as error:
         raise AdapterError(f"{path}: {error} (the adapter was made for "
-                           f"{info.base_model or 'an unknown base model'})") from None
+                           f"{info.base_model or 'an unknown base model'})") from error
     found = fingerprint(layer_shapes(model, info.layers))
     if info.fingerprint and info.fingerprint != found:
         raise AdapterError(f"{path}: layer fingerprint {info.fingerprint} does not match the model's {found}")

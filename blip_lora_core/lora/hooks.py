@@ -58,7 +58,7 @@ class LoraConfig:
             try:
                 re.compile(pattern)
             except re.error as error:
-                raise ConfigError(f"lora target {pattern!r} is not a valid pattern: {error}") from None
+                raise ConfigError(f"lora target {pattern!r} is not a valid pattern: {error}") from error
 
     @property
     def scaling(self) -> float:
@@ -215,8 +215,8 @@ def merge_lora(model: nn.Module, *, keep_base: bool = False) -> int:
             continue
         try:
             delta = _delta(module)
-        except AdapterError:
-            raise AdapterError(f"cannot merge layer {name}: its LoRA update is not finite") from None
+        except AdapterError as error:
+            raise AdapterError(f"cannot merge layer {name}: its LoRA update is not finite") from error
         new_weight = module.weight.float() + delta
         if not torch.isfinite(new_weight).all():
             raise AdapterError(f"cannot merge layer {name}: merged weight is not finite")

@@ -47,9 +47,9 @@ class CaptionSettings:
         if self.device is not None:
             try:
                 torch.device(self.device)
-            except (RuntimeError, TypeError):
+            except (RuntimeError, TypeError) as error:
                 raise ConfigError(f"caption setting device {self.device!r} is not a torch device "
-                                  "(cpu, cuda, cuda:1, ...)") from None
+                                  "(cpu, cuda, cuda:1, ...)") from error
         self._check_quantize()
 
     def _check_quantize(self) -> None:

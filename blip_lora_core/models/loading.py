@@ -71,13 +71,13 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, revision=revision,
                                                                trust_remote_code=False)
         preprocess = ImagePreprocessor.from_pretrained(name_or_path, revision=revision)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
         raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: its weights are a pickle holding more than "
-                            f"tensors, refused by torch's weights-only loader") from None
+                            f"tensors, refused by torch's weights-only loader") from error
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
         # corrupt weights, a config that is not a mapping
         reason = " ".join(str(error).split())[:300]
-        raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: {reason}") from None
+        raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: {reason}") from error
     model.to(target).eval()
     use_fast_attention(model)
     return BlipBundle(model, tokenizer, preprocess, name_or_path, revision or "")

@@ -29,7 +29,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError as error:  # a torch without the eager quantization API
-        raise ConfigError(f"quantize int8 needs torch.ao.quantization.quantize_dynamic: {error}") from None
+        raise ConfigError(f"quantize int8 needs torch.ao.quantization.quantize_dynamic: {error}") from error
     if next(model.parameters()).device.type != "cpu":
         raise ConfigError("quantize int8 runs on the CPU only: load the model with device cpu")
     with warnings.catch_warnings():

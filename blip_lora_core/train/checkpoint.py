@@ -103,7 +103,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         return _assemble(path, meta, tensors)
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, AttributeError, RecursionError) as error:
         reason = f"missing {error}" if isinstance(error, KeyError) else str(error)[:200]
-        raise TrainingError(f"{path}: unreadable checkpoint ({reason})") from None
+        raise TrainingError(f"{path}: unreadable checkpoint ({reason})") from error
 
 
 def _assemble(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> Checkpoint:

@@ -118,7 +118,7 @@ def _nested(name: str, build, values: Any):
     try:
         return build({} if values is None else values)
     except TypeError as error:  # a wrong type the nested class did not name
-        raise ConfigError(f"{name}: {error}") from None
+        raise ConfigError(f"{name}: {error}") from error
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -150,14 +150,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return TrainConfig(**values)
     except ConfigError as error:
-        raise ConfigError(f"{path}: {error}" if path else str(error)) from None
+        raise ConfigError(f"{path}: {error}" if path else str(error)) from error
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read YAML configuration ({_yaml_reason(error)})") from None
+        raise ConfigError(f"{path}: cannot read YAML configuration ({_yaml_reason(error)})") from error
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -226,11 +226,11 @@ def _parse_line(source: Path, number: int, raw: bytes) -> Sample:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+        raise DataError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from exc
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise DataError(f"invalid JSON: {str(exc)[:200]}") from None
+        raise DataError(f"invalid JSON: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict):
         raise DataError(f"line is not a JSON object (got {_json_type(obj)})")
     image = _required_string(obj, "image")
@@ -273,8 +273,8 @@ def _check_encodable(key: str, value: str) -> None:
     """Reject lone surrogates (valid JSON escapes, but not text any tokenizer can take)."""
     try:
         value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DataError(f'"{key}" contains invalid Unicode (a lone surrogate escape)') from None
+    except UnicodeEncodeError as error:
+        raise DataError(f'"{key}" contains invalid Unicode (a lone surrogate escape)') from error
 
 
 def _json_type(value: Any) -> str:

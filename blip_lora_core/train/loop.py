@@ -390,7 +390,7 @@ def _restore(run: _Run) -> tuple[int, dict]:
             run.scaler.load_state_dict(checkpoint.scaler)
         set_rng_state(checkpoint.rng)
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
-        raise TrainingError(f"{checkpoint.path}: cannot resume from this checkpoint ({str(error)[:200]})") from None
+        raise TrainingError(f"{checkpoint.path}: cannot resume from this checkpoint ({str(error)[:200]})") from error
     log.info("resumed from %s (step %d)", checkpoint.path, checkpoint.step)
     return checkpoint.step, checkpoint.extra.get("best", {})
 

@@ -20,7 +20,7 @@ ALLOWED = {
     "models": {"root", "lora"},
     "runtime": {"root", "lora", "models"},
     "train": {"root", "lora", "models"},
-    "bags": {"root", "lora", "models", "runtime", "train"},
+    "bags": {"root", "lora", "models", "runtime"},
     "__init__": {"root", "lora"},
 }
 FOREIGN = ("blip_lora_training", "bench", "tests", "blip_captioner")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from blip_lora_core.atomic import write_jsonl
 from blip_lora_core.errors import ConfigError, DataError
 from blip_lora_core.models.images import load_image
 from blip_lora_core.train.augment import AugmentConfig, build_augment
@@ -23,7 +24,6 @@ from blip_lora_core.train.data import (
     sample_to_row,
     scene_group,
     split_by_order,
-    write_jsonl,
 )
 
 SEED_BLOCKS = Path("/work/shared/data/seed_blocks/annotations.jsonl")

@@ -13,10 +13,11 @@ import torch
 from faults import assert_clean_error, failing, full_disk, log_losses, same_adapter, temp_files
 
 from blip_lora_core import BlipLoraError, LoraConfig, inject_lora, read_adapter, save_adapter
+from blip_lora_core.atomic import write_jsonl
 from blip_lora_core.lora.hooks import lora_layers
 from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from blip_lora_core.train.config import load_config
-from blip_lora_core.train.data import read_jsonl, write_jsonl
+from blip_lora_core.train.data import read_jsonl
 from blip_lora_core.train.loop import train
 from blip_lora_training.cli import main
 

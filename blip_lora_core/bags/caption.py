@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_jsonl
 from ..errors import BagError, BlipLoraError, ImageDecodeError
 from ..runtime.image_msgs import decode_message
 from ..runtime.pipeline import CaptionPipeline, Outcome
-from ..train.data import write_jsonl
 from .output import check_not_input, check_output, looks_like_bag, write_strings
 from .reader import BagMessage, ns_to_seconds, read_camera
 from .storage import resolve_bag

@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..atomic import staged_path, write_jsonl
 from ..errors import BagError, ConfigError, ImageDecodeError
 from ..runtime.image_msgs import decode_message
-from ..train.data import write_jsonl
-from .output import check_not_input, check_output, staged_output
+from .output import check_not_input, check_output
 from .reader import BagMessage, ns_to_seconds, read_camera, stamp_parts
 from .storage import resolve_bag
 
@@ -88,7 +88,7 @@ def extract_frames(bag: str | os.PathLike, out: str | os.PathLike, options: Extr
     out = Path(out)
     check_extract_output(bag, out, force)
     report = ExtractReport(out)
-    with staged_output(out) as staged:
+    with staged_path(out) as staged:
         (staged / IMAGES).mkdir(parents=True)
         rows = _caption_rows(_extract_rows(bag, staged, options, report), precaption)
         if not rows:

@@ -12,7 +12,7 @@ import math
 import operator
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..atomic import atomic_write_text
-from ..errors import BlipLoraError, ConfigError, DataError
+from ..errors import ConfigError, DataError
 from ..models.images import check_image_file, load_image
 
 MAX_ERRORS_SHOWN = 5
@@ -130,18 +129,6 @@ def sample_to_row(sample: Sample, relative_to: str | Path | None = None) -> dict
         row["prompt"] = sample.prompt
     row.update(sample.extras)
     return row
-
-
-def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write rows as JSONL atomically (temp file, fsync, rename): readers never see half a file.
-
-    An I/O error (a full disk) raises DataError naming the file; any previous file is left untouched.
-    """
-    text = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
-    try:
-        atomic_write_text(path, text)
-    except BlipLoraError as error:
-        raise DataError(str(error)) from error.__cause__
 
 
 class ImageCaptionDataset(Dataset):

@@ -12,8 +12,8 @@ from pathlib import Path
 from blip_lora_training.cli import extra_of_module
 
 CORE = Path(__file__).resolve().parents[1] / "blip_lora_core"
-ROOT_MODULES = {"errors", "atomic", "_compat", "config_mapping"}
-# subpackage -> the parts of the core it may import ("root": errors, atomic, _compat)
+ROOT_MODULES = {"errors", "atomic", "_compat", "settings"}
+# subpackage -> the parts of the core it may import ("root": errors, atomic, _compat, settings)
 ALLOWED = {
     "root": {"root"},
     "lora": {"root"},

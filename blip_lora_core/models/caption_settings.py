@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from ..settings import check_settings, describe, setting
+from .blip_internals import ATTENTIONS
 from .loading import DTYPE_NAMES
 
 QUANTIZE_CHOICES = ("int8",)
@@ -45,6 +46,9 @@ class CaptionSettings:
                                          "none", choices=QUANTIZE_CHOICES)
     batch_size: int = setting(8, "images per forward pass", low=1, high=4096)
     fast: bool = setting(True, "greedy captions on the static-cache decoder (same tokens as generate(), faster)")
+    attention: str = setting("sdpa", "vision attention: sdpa (torch's fused kernel; transformers' code where a "
+                                     "head mask or attention maps are asked for) or eager (transformers' own)",
+                             choices=ATTENTIONS)
 
     def __post_init__(self) -> None:
         for name in _EMPTY_IS_NONE:

@@ -15,6 +15,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..lora.hooks import LoraConfig
+from ..models.blip_internals import ATTENTIONS
 from ..settings import check_settings, describe, from_mapping, is_settings, setting
 from .augment import AugmentConfig
 
@@ -38,6 +39,8 @@ class TrainConfig:
     prompt: str = setting("", "text prompt trained in front of every caption (masked from the loss)")
     skip_bad: bool = setting(False, "skip and report bad dataset lines instead of stopping")
     finetune: str = setting("lora", "what to train", choices=FINETUNE_MODES)
+    attention: str = setting("sdpa", "vision attention: sdpa (torch's fused kernel) or eager (transformers' own)",
+                             choices=ATTENTIONS)
     lora: LoraConfig = setting(factory=LoraConfig, help="LoRA settings")
     # optimisation
     epochs: int = setting(4, "number of epochs", low=0)

@@ -218,7 +218,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     out = Path(config.output_dir)
     train_samples, val_samples = load_samples(config)
 
-    bundle = load_blip(config.model, dtype="fp32", device=str(ctx.device), revision=config.revision or None)
+    bundle = load_blip(config.model, dtype="fp32", device=str(ctx.device), revision=config.revision or None,
+                       attention=config.attention)
     model = bundle.model
     if config.finetune == "lora":
         inject_lora(model, config.lora, dtype=torch.float32)

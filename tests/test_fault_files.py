@@ -294,7 +294,7 @@ def test_checkpoint_whose_optimizer_state_does_not_fit_is_a_clear_error(checkpoi
 # -- YAML configurations -------------------------------------------------------------------------
 
 YAML_CASES = {
-    "unknown key": ("lr: 0.1\nbatchsize: 3\n", "unknown setting(s): batchsize (known: augment"),
+    "unknown key": ("lr: 0.1\nbatchsize: 3\n", "unknown setting(s): batchsize (known: attention, augment, batch_size"),
     "wrong type": ("epochs: three\n", "epochs must be an integer, got str 'three'"),
     "float for int": ("lora: {r: 4.5}\n", "lora.r must be an integer, got float 4.5"),
     "flat LoRA key": ("r: 4\n", "LoRA settings ['r'] belong under 'lora:'"),

@@ -11,9 +11,10 @@ settings classes (filled from a mapping). From that:
 
 * ``check_settings(self)`` in ``__post_init__`` checks every field, raising ConfigError naming the setting;
 * ``from_mapping(cls, values)`` builds one from a YAML section or parameter mapping, naming unknown keys;
-* ``describe(cls)`` lists every field (nested ones flattened as ``section.name``) with its type, default,
-  help, range, choices and flag: the command line (``blip_lora_training/commands/_settings_args.py``) and
-  the ROS node's parameter table read it.
+* ``describe(cls)`` (one: ``setting_info(cls, name)``) lists every field (nested ones flattened as
+  ``section.name``) with its type, default, help, range, choices and flag: the command line
+  (``blip_lora_training/commands/_settings_args.py``) and the ROS node's parameter table
+  (``blip_captioner/params.py``) read it.
 """
 
 from __future__ import annotations
@@ -160,6 +161,11 @@ def describe(cls: type) -> list[SettingInfo]:
         else:
             found.append(_info(field, hint))
     return found
+
+
+def setting_info(cls: type, name: str) -> SettingInfo:
+    """The SettingInfo of one setting of cls (dotted for a nested one); KeyError for an unknown name."""
+    return {info.name: info for info in describe(cls)}[name]
 
 
 def check_settings(instance: Any) -> None:

@@ -76,8 +76,8 @@ def test_nested_sections_are_built_from_mappings_and_named_in_errors():
 @pytest.mark.parametrize("build, message", [
     (lambda: ExtractOptions(every=-1), "extract.every must be a number >= 0, got -1"),
     (lambda: ExtractOptions(dedup_threshold=300), "extract.dedup_threshold must be a number in [0, 255], got 300"),
-    (lambda: ReplayOptions(max_rate_hz=-2), "replay.max_rate_hz must be a number >= 0, got -2"),
-    (lambda: CaptionSettings(num_beams=0), "caption.num_beams must be an integer in [1, 64], got 0"),
+    (lambda: ReplayOptions(max_rate_hz=-2), "replay.max_rate_hz must be a number in [0, 1000], got -2"),
+    (lambda: CaptionSettings(num_beams=0), "caption.num_beams must be an integer in [1, 16], got 0"),
     (lambda: LoraConfig(targets=("(",)), "lora.targets pattern '(' is not a valid regular expression"),
 ])
 def test_core_errors_name_the_setting_not_a_command_line_flag(build, message):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..runtime.pipeline import PipelineSettings
 from ..settings import check_settings, setting
 
 
@@ -34,11 +35,9 @@ class ExtractOptions(CameraOptions):
 
 
 @dataclass(frozen=True)
-class ReplayOptions(CameraOptions):
-    """How ``replay_captions`` plays the bag into the pipeline (see each field's help)."""
+class ReplayOptions(PipelineSettings, CameraOptions):
+    """How ``replay_captions`` plays the bag into the pipeline (the pipeline's own settings, in bag time; see
+    each field's help)."""
 
     SECTION: ClassVar[str] = "replay"
-    max_rate_hz: float = setting(0.0, "at most this many captions per second of bag time (0: unlimited)", low=0)
-    publish_on_change_only: bool = setting(False, "publish a caption only when it differs from the last one "
-                                                  "(like the node)", flag="--on-change")
     realtime: bool = setting(False, "play the bag at its recorded speed into the node's worker thread")

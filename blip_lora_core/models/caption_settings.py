@@ -27,23 +27,24 @@ def _device_problem(device: str) -> str | None:
 
 @dataclass(frozen=True)
 class CaptionSettings:
-    """How a Captioner loads the model and captions (see each field's help). ``None`` (or "") for prompt,
-    device, dtype and quantize means: no prompt, cuda when present, fp16 on a GPU and fp32 on the CPU, no
+    """How a Captioner loads the model and captions (see each field's help). prompt, device, dtype and quantize
+    may be unset (None; "" means the same): no prompt, cuda when present, fp16 on a GPU and fp32 on the CPU, no
     quantization."""
 
     SECTION: ClassVar[str] = "caption"
     prompt: str | None = setting(None, 'text every caption starts with, e.g. "a picture of" (stripped from the '
-                                       "output); empty: none")
-    max_new_tokens: int = setting(30, "caption length limit, in tokens", low=1, high=512)
-    num_beams: int = setting(1, "beam search width; 1: greedy (the fast static-cache decoder)", low=1, high=64,
+                                       "output); unset: no prompt")
+    max_new_tokens: int = setting(30, "longest caption, in tokens (at most the model's text positions minus the "
+                                      "start token and the prompt)", low=1, high=512)
+    num_beams: int = setting(1, "beam search width; 1: greedy (the fast static-cache decoder)", low=1, high=16,
                              flag="--beams")
-    device: str | None = setting(None, "torch device (cpu, cuda, cuda:1, ...); empty: cuda when present",
+    device: str | None = setting(None, "torch device (cpu, cuda, cuda:1, ...); unset: cuda when present, else cpu",
                                  check=_device_problem)
-    dtype: str | None = setting(None, "weights dtype; empty: fp16 on a GPU, fp32 on the CPU (bf16 pays off on "
+    dtype: str | None = setting(None, "weights dtype; unset: fp16 on a GPU, fp32 on the CPU (bf16 pays off on "
                                       "CPUs with AVX512-BF16 or AMX)", choices=DTYPE_NAMES)
     merge: bool = setting(True, "fold the adapter into the weights (no overhead) instead of running it as hooks")
-    quantize: str | None = setting(None, "int8: dynamic int8 linear layers (CPU, fp32, merged adapter); empty: "
-                                         "none", choices=QUANTIZE_CHOICES)
+    quantize: str | None = setting(None, "int8: dynamic int8 linear layers (CPU, fp32, merged adapter); unset: "
+                                         "no quantization", choices=QUANTIZE_CHOICES)
     batch_size: int = setting(8, "images per forward pass", low=1, high=4096)
     fast: bool = setting(True, "greedy captions on the static-cache decoder (same tokens as generate(), faster)")
     attention: str = setting("sdpa", "vision attention: sdpa (torch's fused kernel; transformers' code where a "

@@ -66,7 +66,8 @@ class Camera:
         data = array.array("B", bytes(width * height * 3))  # array('B'): taken as is, no per-byte check
         start = time.monotonic()
         for index in range(frames):
-            self.spin_until(lambda: time.monotonic() >= start + index * interval_s, interval_s + 1, "tick")
+            due = start + index * interval_s
+            self.spin_until(lambda due=due: time.monotonic() >= due, interval_s + 1, "tick")
             msg = Image(height=height, width=width, encoding="rgb8", step=width * 3, is_bigendian=0, data=data)
             msg.header.stamp = self.node.get_clock().now().to_msg()
             msg.header.frame_id = "qos_camera"

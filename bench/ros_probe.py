@@ -11,7 +11,8 @@ reliable (default false: best effort), stamp_now (stamp it with the current time
 stamp; false: publish `repeat` times), once (publish it a single time, then wait for its caption: a lost
 frame fails), fill (instead of data_b64: seeded random bytes, height * step of them; for large frames)}.
 With bridge: true each reported frame carries `bridge_b64` and `bridge_shape`: the image as the real
-cv_bridge decodes it (`imgmsg_to_cv2(msg, "rgb8")`, `compressed_imgmsg_to_cv2`), the independent expectation of what the node sees.
+cv_bridge decodes it (`imgmsg_to_cv2(msg, "rgb8")`, `compressed_imgmsg_to_cv2`), the independent
+expectation of what the node sees.
 Prints one JSON line: frames, captions, diagnostics, ages.
 """
 

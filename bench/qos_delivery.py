@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for index, setting in enumerate(settings):
         results[setting.name] = run_setting(env, folder / f"setting{index}", model_dir, setting, cases)
-        print(f"  done: {setting.name}", file=sys.stderr)
+        print(f"  done: {setting.name}: {json.dumps(results[setting.name])}", file=sys.stderr)
     print(f"# Frames delivered into the blip_captioner node over Cyclone DDS on loopback ({args.distro}; "
           f"{args.frames} frames per row, {1 / args.interval_s:g} Hz; {machine_description()})\n\n{table(results)}")
 

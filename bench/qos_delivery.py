@@ -44,13 +44,12 @@ class Setting:
 
 SETTINGS = [
     Setting("before: Cyclone defaults, best effort", "none"),
-    Setting("receive buffer 64 MiB requested", "<Internal><SocketReceiveBufferSize min='default' max='64MiB'/>"
-            "</Internal>"),
-    Setting("64 kB datagrams", "<General><MaxMessageSize>65500B</MaxMessageSize></General>"),
-    Setting("shipped: config/cyclonedds.xml, best effort", ""),
+    Setting("64 kB datagrams (MaxMessageSize 65500 B)", "<General><MaxMessageSize>65500B</MaxMessageSize></General>"),
     Setting("Cyclone defaults, reliable (qos_overrides)", "none", "reliable"),
+    Setting("shipped: config/cyclonedds.xml (64 MiB receive buffer requested), best effort", ""),
+    Setting("shipped, reliable (qos_overrides)", "", "reliable"),
 ]
-SHORT = {"before": 0, "buffer": 1, "datagrams": 2, "shipped": 3, "reliable": 4}
+SHORT = {"before": 0, "datagrams": 1, "reliable": 2, "shipped": 3, "shipped-reliable": 4}
 
 
 def _params(folder: Path, model_dir: str, setting: Setting) -> Path:

@@ -14,8 +14,8 @@ defaults live. image_topic and caption_topic remap the node's relative topics ``
 the launch ends with a non-zero exit status.
 
 Cyclone DDS configuration of the node: CYCLONEDDS_URI from the environment when it is set, else the package's
-config/cyclonedds.xml (large socket receive buffer, 64 kB datagrams: HD and 4K frames from best-effort and
-reliable cameras arrive; see the README's QoS paragraph); the cyclonedds_uri argument overrides both.
+config/cyclonedds.xml (a 64 MiB socket receive buffer requested: HD frames from best-effort and reliable
+cameras arrive; see the README's QoS paragraph); the cyclonedds_uri argument overrides both.
 """
 
 from __future__ import annotations

@@ -60,8 +60,8 @@ def _convert(name: str, kind: type, text: str) -> str | bool | float:
     if kind is float:
         try:
             return float(text)
-        except ValueError:
-            raise ValueError(f"launch argument {name}:={text!r} must be a number") from None
+        except ValueError as error:
+            raise ValueError(f"launch argument {name}:={text!r} must be a number") from error
     return text
 
 

@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_jsonl
 from ..errors import BagError, BlipLoraError, ImageDecodeError
 from ..runtime.image_msgs import decode_message
 from ..runtime.pipeline import CaptionEvent, CaptionPipeline, Outcome
-from ..train.data import write_jsonl
+from .options import ReplayOptions
 from .output import check_not_input, check_output, looks_like_bag, write_strings
 from .reader import BagMessage, ns_to_seconds, read_camera
 from .storage import resolve_bag
@@ -42,17 +43,6 @@ FrameCaptioner = Callable[[np.ndarray], str]
 """One (H, W, 3) uint8 RGB frame -> its caption."""
 REALTIME_DRAIN_S = 30.0  # how long realtime mode waits for the last frame's caption
 _AFTER_THE_END = 2**63  # bag time (ns) later than any message
-
-
-@dataclass(frozen=True)
-class ReplayOptions:
-    """topic; max_rate_hz (0: unlimited); publish_on_change_only; realtime; strict: fail on a bad frame."""
-
-    topic: str
-    max_rate_hz: float = 0.0
-    publish_on_change_only: bool = False
-    realtime: bool = False
-    strict: bool = False
 
 
 @dataclass(frozen=True)

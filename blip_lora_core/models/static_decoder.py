@@ -7,9 +7,9 @@ new tokens) and replayed; batches are padded to the next bucket (1, 2, 4, 8, ...
 every batch size. On the CPU it runs eagerly, at the exact batch size, and stops once every row has ended.
 
 It reads the text decoder's submodules (embeddings, per-layer query/key/value, attention output, feed
-forward, LM head) and reproduces transformers' eager attention (matmul, scale, additive mask, softmax,
-matmul); ``blocker()`` names what it does not reproduce (beams, sampling, other logits processors), in
-which case callers use ``generate()``.
+forward, LM head: ``blip_internals.text_decoder_parts``) and reproduces transformers' eager attention
+(matmul, scale, additive mask, softmax, matmul); ``blocker()`` names what it does not reproduce (beams,
+sampling, other logits processors), in which case callers use ``generate()``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .._compat import TRANSFORMERS_MAJOR
+from .blip_internals import AttentionParts, TextDecoderParts, text_decoder_parts
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,10 @@ class StaticGreedyDecoder:
         """(B, T, hidden) -> (B, heads, T, head_dim)."""
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
-    def _attend(self, attention, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+    def _attend(self, attention: AttentionParts, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """transformers' eager BLIP text attention + its output block, on given K/V (B, heads, L, head_dim)."""
-        query = self._split(attention.self.query(hidden))
+        query = self._split(attention.query(hidden))
         scores = torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(self.head_dim)
         if mask is not None:
             scores = scores + mask
@@ -113,25 +114,23 @@ class StaticGreedyDecoder:
         context = context.permute(0, 2, 1, 3).reshape(hidden.shape)
         return attention.output(context, hidden)
 
-    def _forward(self, plan: _Plan, tokens: torch.Tensor, pos: torch.Tensor, cross: list,
+    def _forward(self, plan: _Plan, parts: TextDecoderParts, tokens: torch.Tensor, pos: torch.Tensor, cross: list,
                  first_eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, T) at positions pos (T,) -> next-token ids (B,) and their log-probabilities (B,) under the
         model's distribution (before the min_new_tokens [SEP] ban); writes the tokens' K/V into the caches."""
-        bert = self.model.text_decoder.bert
-        embed = bert.embeddings
-        hidden = embed.LayerNorm(embed.word_embeddings(tokens) + embed.position_embeddings(pos)[None])
+        hidden = parts.embeddings_norm(parts.word_embeddings(tokens) + parts.position_embeddings(pos)[None])
         positions = torch.arange(plan.keys.shape[3], device=tokens.device)
         mask = torch.zeros(pos.shape[0], positions.shape[0], dtype=hidden.dtype, device=tokens.device)
         mask = mask.masked_fill(positions[None, :] > pos[:, None], float("-inf"))[None, None]
-        for index, layer in enumerate(bert.encoder.layer):
-            own = layer.attention.self
+        for index, layer in enumerate(parts.layers):
+            own = layer.self_attention
             # .to: under autocast the projections come out in bf16/fp16 while the cache has the weights' dtype
             plan.keys[index].index_copy_(2, pos, self._split(own.key(hidden)).to(plan.keys.dtype))
             plan.values[index].index_copy_(2, pos, self._split(own.value(hidden)).to(plan.values.dtype))
-            hidden = self._attend(layer.attention, hidden, plan.keys[index], plan.values[index], mask)
-            hidden = self._attend(layer.crossattention, hidden, *cross[index])
+            hidden = self._attend(own, hidden, plan.keys[index], plan.values[index], mask)
+            hidden = self._attend(layer.cross_attention, hidden, *cross[index])
             hidden = layer.output(layer.intermediate(hidden), hidden)
-        logits = self.model.text_decoder.cls(hidden[:, -1:])[:, -1].float()
+        logits = parts.lm_head(hidden[:, -1:])[:, -1].float()
         log_probs = torch.log_softmax(logits, dim=-1)
         if first_eos:
             logits[:, self.eos] = float("-inf")
@@ -140,10 +139,10 @@ class StaticGreedyDecoder:
 
     def _run(self, plan: _Plan, min_new_tokens: int, stop_early: bool) -> int:
         """plan.pixels, plan.prompt -> plan.out; returns how many tokens were generated."""
+        parts = text_decoder_parts(self.model)
         image = self.model.vision_model(pixel_values=plan.pixels)[0]
-        cross = [(self._split(layer.crossattention.self.key(image)),
-                  self._split(layer.crossattention.self.value(image)))
-                 for layer in self.model.text_decoder.bert.encoder.layer]
+        cross = [(self._split(layer.cross_attention.key(image)), self._split(layer.cross_attention.value(image)))
+                 for layer in parts.layers]
         start = plan.prompt.shape[1]
         new_tokens = plan.out.shape[1] - start
         plan.out[:, :start] = plan.prompt
@@ -155,7 +154,7 @@ class StaticGreedyDecoder:
             done[plan.live:] = True  # padding rows never hold the batch up
         for step in range(new_tokens):
             at = start + step
-            token, log_prob = self._forward(plan, tokens, pos, cross, first_eos=step < min_new_tokens)
+            token, log_prob = self._forward(plan, parts, tokens, pos, cross, first_eos=step < min_new_tokens)
             # rows that ended get (and are fed) [PAD], as generate() does: with int8 activations quantized per
             # tensor, what one row is fed changes the others' numbers
             plan.out[:, at] = token.masked_fill(done, self.pad)
@@ -177,7 +176,7 @@ class StaticGreedyDecoder:
             self._plans.popitem(last=False)
         param = next(self.model.parameters())
         dtype = param.dtype if param.is_floating_point() else torch.float32
-        layers = len(self.model.text_decoder.bert.encoder.layer)
+        layers = len(text_decoder_parts(self.model).layers)
         size = self.model.config.vision_config.image_size
         length = 1 + prompt_length + new_tokens
         keys = torch.zeros(layers, batch, self.heads, length, self.head_dim, device=self.device, dtype=dtype)

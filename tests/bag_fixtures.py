@@ -1,4 +1,6 @@
-"""Build small ROS 2 bags for tests with rosbags' Writer (real message types, sqlite3 or mcap storage)."""
+"""What the bag tests share: small ROS 2 bags built with rosbags' Writer (real message types, sqlite3 or mcap
+storage, as each distro's recorder writes them), message builders, and the commands run on a bag, each
+inside ``unchanged(bag)`` (tests/test_bag_inputs.py checks that no bag test calls a command another way)."""
 
 from __future__ import annotations
 
@@ -53,6 +55,17 @@ def raw_msg(height: int, width: int, encoding: str, step: int, data: bytes, stam
     """A sensor_msgs/Image with arbitrary fields (for bad-encoding tests)."""
     return TYPESTORE.types[IMAGE](header=_header(stamp_ns), height=height, width=width, encoding=encoding,
                                   is_bigendian=0, step=step, data=np.frombuffer(data, np.uint8).copy())
+
+
+def undecodable_msg(stamp_ns: int = 0) -> Any:
+    """A 2x2 sensor_msgs/Image in yuv444, an encoding the decoder refuses."""
+    return raw_msg(2, 2, "yuv444", 6, bytes(12), stamp_ns)
+
+
+def noise_images(n: int = 6, seed: int = 0, shape: tuple[int, int] = (6, 8)) -> list[np.ndarray]:
+    """``n`` seeded random (H, W, 3) uint8 RGB images."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(n)]
 
 
 def compressed_msg(rgb: np.ndarray, fmt: str = "png", stamp_ns: int = 0) -> Any:
@@ -228,3 +241,57 @@ def unchanged(bag: Any) -> Iterator[None]:
     finally:
         if before is not None:
             assert file_digests(Path(bag)) == before, f"the input bag {bag} was modified"
+
+
+# ---- the commands, run on a bag only through these (the input must come out byte for byte unchanged) -------
+
+
+def bag_cli(*args: Any) -> int:
+    """`blip-lora bag ACTION BAG ...`: ``args`` after "bag", the bag second; the exit code."""
+    from blip_lora_training.cli import main
+
+    with unchanged(args[1]):
+        return main(["bag", *map(str, args)])
+
+
+def bag_cli_lines(capsys: Any, *args: Any) -> tuple[int, list[str]]:
+    """``bag_cli`` with stderr captured: (exit code, stderr lines)."""
+    capsys.readouterr()
+    code = bag_cli(*args)
+    return code, capsys.readouterr().err.splitlines()
+
+
+def extract(bag: Any, out: Any, options: Any, **kwargs: Any) -> Any:
+    """``extract_frames`` (its report)."""
+    from blip_lora_core.bags.extract import extract_frames
+
+    with unchanged(bag):
+        return extract_frames(bag, out, options, **kwargs)
+
+
+def read(bag: Any, topic: str) -> list:
+    """Every ``BagMessage`` of ``read_camera``."""
+    from blip_lora_core.bags.reader import read_camera
+
+    with unchanged(bag):
+        return list(read_camera(bag, topic))
+
+
+def read_frames(bag: Any, topic: str) -> list[np.ndarray]:
+    """Every frame on ``topic`` decoded to (H, W, 3) uint8 RGB."""
+    from blip_lora_core.runtime.image_msgs import decode_message
+
+    return [decode_message(m.msg) for m in read(bag, topic)]
+
+
+def mean_caption(image: np.ndarray) -> str:
+    """A caption that differs between frames, without a model."""
+    return f"mean {image.mean():.3f}"
+
+
+def replay(bag: Any, topic: str, caption_fn: Any = mean_caption, **options: Any) -> tuple[list, Any]:
+    """``replay_captions`` with ``ReplayOptions(topic, **options)``: (captions, report)."""
+    from blip_lora_core.bags.caption import ReplayOptions, replay_captions
+
+    with unchanged(bag):
+        return replay_captions(bag, caption_fn, ReplayOptions(topic, **options))

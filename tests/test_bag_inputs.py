@@ -15,55 +15,29 @@ import pytest
 from bag_fixtures import (
     TYPESTORE,
     Frame,
+    bag_cli_lines,
     camera_frames,
     edit_metadata,
-    raw_msg,
+    extract,
+    noise_images,
+    read_frames,
+    replay,
     sqlite_edit,
     storage_file,
     unchanged,
+    undecodable_msg,
     write_distro_bag,
 )
 
-from blip_lora_core.bags.caption import ReplayOptions, replay_captions
-from blip_lora_core.bags.extract import ExtractOptions, extract_frames
-from blip_lora_core.bags.reader import read_camera
+from blip_lora_core.bags.extract import ExtractOptions
 from blip_lora_core.errors import BagError
-from blip_lora_core.runtime.image_msgs import decode_message
-from blip_lora_training.cli import main
 
 TOPIC = "/camera/image_raw"
 IMAGE = "sensor_msgs/msg/Image"
 
 
-def _images(n: int = 6, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (6, 8, 3), dtype=np.uint8) for _ in range(n)]
-
-
 def _bag(path: Path, distro: str = "humble", storage: str = "sqlite3", n: int = 6, **kwargs) -> Path:
-    return write_distro_bag(path, camera_frames(_images(n), ["rgb8", "bgr8"], TOPIC), distro, storage, **kwargs)
-
-
-def _cli(capsys, *args) -> tuple[int, list[str]]:
-    """`blip-lora bag ACTION BAG ...` with the input guarded: (exit code, stderr lines)."""
-    with unchanged(args[1]):
-        code = main(["bag", *map(str, args)])
-    return code, capsys.readouterr().err.splitlines()
-
-
-def _read(bag) -> list[np.ndarray]:
-    with unchanged(bag):
-        return [decode_message(m.msg) for m in read_camera(bag, TOPIC)]
-
-
-def _extract(bag, out):
-    with unchanged(bag):
-        return extract_frames(bag, out, ExtractOptions(TOPIC))
-
-
-def _replay(bag, caption_fn):
-    with unchanged(bag):
-        return replay_captions(bag, caption_fn, ReplayOptions(TOPIC))
+    return write_distro_bag(path, camera_frames(noise_images(n), ["rgb8", "bgr8"], TOPIC), distro, storage, **kwargs)
 
 
 def _assert_frames(frames: list[np.ndarray], expected: list[np.ndarray]) -> None:
@@ -80,7 +54,7 @@ def _assert_frames(frames: list[np.ndarray], expected: list[np.ndarray]) -> None
 @pytest.mark.parametrize("as_file", [False, True])
 def test_each_distro_reads_pixel_for_pixel(tmp_path, distro, storage, as_file):
     bag = _bag(tmp_path / distro, distro, storage)
-    _assert_frames(_read(storage_file(bag) if as_file else bag), _images())
+    _assert_frames(read_frames(storage_file(bag) if as_file else bag, TOPIC), noise_images())
 
 
 # ---- 1. never destroy an input -----------------------------------------------------------------------------
@@ -116,11 +90,11 @@ def test_an_output_that_is_inside_or_around_the_input_is_refused(tmp_path, monke
         extra = ["--force"] if force else []
         if command == "caption":
             extra += ["--model", tmp_path / "no_model"]
-        code, err = _cli(capsys, command, bag, "--topic", TOPIC, "--out", out, *extra)
+        code, err = bag_cli_lines(capsys, command, bag, "--topic", TOPIC, "--out", out, *extra)
         assert code == 2 and len(err) == 1, form
         assert "the input bag" in err[0] and "refusing to write there, even with --force" in err[0], form
     assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["metadata.yaml", "rec.mcap"]
-    _assert_frames(_read(tmp_path / "rec"), _images())
+    _assert_frames(read_frames(tmp_path / "rec", TOPIC), noise_images())
 
 
 @pytest.mark.parametrize("as_file", [False, True])
@@ -128,11 +102,11 @@ def test_caption_with_a_real_model_and_force_keeps_the_recording(tmp_path, capsy
     """The reported data loss: `bag caption REC --force --out REC` used to replace the camera recording."""
     bag = _bag(tmp_path / "rec", "jazzy", "mcap")
     source = storage_file(bag) if as_file else bag
-    code, err = _cli(capsys, "caption", source, "--topic", TOPIC, "--out", source, "--force",
+    code, err = bag_cli_lines(capsys, "caption", source, "--topic", TOPIC, "--out", source, "--force",
                      "--model", tiny_model_dir, "--max-new-tokens", "2")
     assert code == 2 and err == [f"blip-lora bag: error: {source} is the input bag {source}; refusing to write "
                                  f"there, even with --force (choose another --out)"]
-    _assert_frames(_read(bag), _images())
+    _assert_frames(read_frames(bag, TOPIC), noise_images())
 
 
 def test_the_api_refuses_too(tmp_path):
@@ -140,8 +114,8 @@ def test_the_api_refuses_too(tmp_path):
 
     bag = _bag(tmp_path / "rec", "humble", "sqlite3")
     with pytest.raises(BagError, match="is the input bag"):
-        _extract(bag, bag)
-    captions, _ = _replay(bag, lambda image: "x")
+        extract(bag, bag, ExtractOptions(TOPIC))
+    captions, _ = replay(bag, TOPIC, lambda image: "x")
     with pytest.raises(BagError, match="lies inside the input bag"):
         write_captions(bag / "c.jsonl", captions, source=bag, force=True)
     with pytest.raises(BagError, match="contains the input bag"):
@@ -165,14 +139,14 @@ def test_out_under_an_existing_file_is_one_line_before_any_work(tmp_path, capsys
     bag = _bag(tmp_path / "rec")
     (tmp_path / "notes.txt").write_text("mine")
     extra = ["--model", tmp_path / "no_model"] + (["--precaption"] if command == "extract" else [])
-    code, err = _cli(capsys, command, bag, "--topic", TOPIC, "--out", tmp_path / out, *extra)
+    code, err = bag_cli_lines(capsys, command, bag, "--topic", TOPIC, "--out", tmp_path / out, *extra)
     # the model is never looked for: the output is checked first
     assert code == 2 and err == [f"blip-lora bag: error: {tmp_path / out}: cannot create it, "
                                  f"{tmp_path / 'notes.txt'} is a file, not a folder"]
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "rec"]
     with pytest.raises(BagError, match="is a file, not a folder"):
-        _extract(bag, tmp_path / out)
+        extract(bag, tmp_path / out, ExtractOptions(TOPIC))
 
 
 # ---- 3. a recording that was not closed: messages still in the -wal file -----------------------------------
@@ -196,7 +170,7 @@ def _killed_recording(tmp_path: Path) -> Path:
     """A Humble sqlite3 bag whose first 6 frames were checkpointed into the .db3 and whose last 6 are only in
     the -wal file of a writer that was SIGKILLed (metadata.yaml written for the first 6)."""
     bag = _bag(tmp_path / "rec", "humble", "sqlite3")
-    late = camera_frames(_images(12)[6:], ["rgb8"], TOPIC, start_ns=1_700_000_000_600_000_000)
+    late = camera_frames(noise_images(12)[6:], ["rgb8"], TOPIC, start_ns=1_700_000_000_600_000_000)
     blobs = []
     for i, frame in enumerate(late):
         blobs.append(tmp_path / f"m{i}.cdr")
@@ -209,15 +183,15 @@ def _killed_recording(tmp_path: Path) -> Path:
 
 def test_messages_in_the_wal_of_a_killed_recording_are_read(tmp_path, caplog):
     bag = _killed_recording(tmp_path)
-    images = _images(6) + _images(12)[6:]
-    _assert_frames(_read(storage_file(bag)), images)  # the .db3 alone: its -wal is read too
+    images = noise_images(6) + noise_images(12)[6:]
+    _assert_frames(read_frames(storage_file(bag), TOPIC), images)  # the .db3 alone: its -wal is read too
     bare = tmp_path / "bare"  # as `ros2 bag record` leaves it when killed before writing metadata.yaml
     bare.mkdir()
     for name in ("rec.db3", "rec.db3-wal", "rec.db3-shm"):
         (bare / name).write_bytes((bag / name).read_bytes())
-    _assert_frames(_read(bare), images)
+    _assert_frames(read_frames(bare, TOPIC), images)
     caplog.clear()
-    _assert_frames(_read(bag), images)  # metadata.yaml says 6: it is out of date, and reindexing fixes that
+    _assert_frames(read_frames(bag, TOPIC), images)  # metadata.yaml says 6: out of date, reindexing fixes that
     assert f"{bag / 'metadata.yaml'}: declares 6 messages on {TOPIC} but its storage files hold 12" in caplog.text
     assert "`ros2 bag reindex` rewrites metadata.yaml" in caplog.text
     assert (bag / "rec.db3-wal").stat().st_size > 0  # the WAL was not folded into the input
@@ -226,7 +200,7 @@ def test_messages_in_the_wal_of_a_killed_recording_are_read(tmp_path, caplog):
 def test_messages_missing_from_storage_say_so_without_a_reindex_hint(tmp_path, capsys):
     bag = _bag(tmp_path / "rec", "humble", "sqlite3")
     edit_metadata(bag, lambda info: info["topics_with_message_count"][0].update(message_count=9))
-    code, err = _cli(capsys, "extract", bag, "--topic", TOPIC, "--out", tmp_path / "ds")
+    code, err = bag_cli_lines(capsys, "extract", bag, "--topic", TOPIC, "--out", tmp_path / "ds")
     assert code == 2 and err == [f"blip-lora bag: error: {bag / 'metadata.yaml'}: declares 9 messages on {TOPIC} "
                                  f"but its storage files hold 6: 3 are missing from the bag"]
 
@@ -238,7 +212,7 @@ def test_a_damaged_mcap_index_suggests_mcap_recover_not_reindex(tmp_path, capsys
         data[i] ^= 0x5A
     broken = tmp_path / "broken.mcap"
     broken.write_bytes(bytes(data))
-    code, err = _cli(capsys, "extract", broken, "--topic", TOPIC, "--out", tmp_path / "ds", "--strict")
+    code, err = bag_cli_lines(capsys, "extract", broken, "--topic", TOPIC, "--out", tmp_path / "ds", "--strict")
     assert code == 2 and len(err) == 1 and str(broken) in err[0]
     assert "`mcap recover`" in err[0] and "reindex" not in err[0] and ".;" not in err[0]
 
@@ -267,8 +241,8 @@ def _dashing_bag(tmp_path: Path) -> Path:
 def test_early_ros2_type_names_are_read(tmp_path, capsys, as_file):
     bag = _dashing_bag(tmp_path)
     source = storage_file(bag) if as_file else bag
-    _assert_frames(_read(source), _images())
-    code, _ = _cli(capsys, "extract", source, "--topic", TOPIC, "--out", tmp_path / "ds")
+    _assert_frames(read_frames(source, TOPIC), noise_images())
+    code, _ = bag_cli_lines(capsys, "extract", source, "--topic", TOPIC, "--out", tmp_path / "ds")
     assert code == 0 and len((tmp_path / "ds" / "annotations.jsonl").read_text().splitlines()) == 6
 
 
@@ -290,8 +264,8 @@ def test_a_folder_reads_its_storage_even_when_metadata_qos_text_differs(tmp_path
     qos = _QOS_V9 if distro == "jazzy" else _QOS_V5
     edit_metadata(bag, lambda info: info["topics_with_message_count"][0]["topic_metadata"].update(
         offered_qos_profiles=qos))
-    _assert_frames(_read(bag), _images())
-    _assert_frames(_read(storage_file(bag)), _images())
+    _assert_frames(read_frames(bag, TOPIC), noise_images())
+    _assert_frames(read_frames(storage_file(bag), TOPIC), noise_images())
 
 
 # ---- 6. messages that do not mislead ------------------------------------------------------------------------
@@ -310,7 +284,7 @@ def _v1_metadata(info: dict) -> None:
 def test_version_1_metadata_is_read(tmp_path):
     bag = _bag(tmp_path / "crystal", "foxy", "sqlite3")
     edit_metadata(bag, _v1_metadata)
-    _assert_frames(_read(bag), _images())
+    _assert_frames(read_frames(bag, TOPIC), noise_images())
 
 
 def _json_topic(info: dict) -> None:
@@ -334,37 +308,35 @@ def test_metadata_problems_are_one_line_without_a_corruption_hint(tmp_path, caps
     else:
         meta.write_text("- 1\n- 2\n")
         expected = f"{meta}: not a rosbag2 metadata.yaml (no rosbag2_bagfile_information mapping)"
-    code, err = _cli(capsys, "extract", bag, "--topic", TOPIC, "--out", tmp_path / "ds")
+    code, err = bag_cli_lines(capsys, "extract", bag, "--topic", TOPIC, "--out", tmp_path / "ds")
     assert code == 2 and err == [f"blip-lora bag: error: {expected}"]
 
 
 def test_message_compressed_storage_given_alone_says_pass_the_folder(tmp_path, capsys):
     bag = _bag(tmp_path / "rec", "humble", "sqlite3", compression="message")
-    _assert_frames(_read(bag), _images())
-    code, err = _cli(capsys, "extract", storage_file(bag), "--topic", TOPIC, "--out", tmp_path / "ds")
+    _assert_frames(read_frames(bag, TOPIC), noise_images())
+    code, err = bag_cli_lines(capsys, "extract", storage_file(bag), "--topic", TOPIC, "--out", tmp_path / "ds")
     assert code == 2 and err == [f"blip-lora bag: error: {storage_file(bag)}: its messages are zstd-compressed "
                                  f"(compression_mode message in {bag / 'metadata.yaml'}); pass the bag folder {bag}"]
     alone = tmp_path / "alone.db3"  # moved away from its metadata.yaml: the data itself says so
     alone.write_bytes(storage_file(bag).read_bytes())
-    code, err = _cli(capsys, "extract", alone, "--topic", TOPIC, "--out", tmp_path / "ds")
+    code, err = bag_cli_lines(capsys, "extract", alone, "--topic", TOPIC, "--out", tmp_path / "ds")
     assert code == 2 and err == [f"blip-lora bag: error: {alone}: message 0 on {TOPIC} is zstd-compressed (recorded "
                                  f"with --compression-mode message); pass the bag folder with its metadata.yaml"]
 
 
-def test_metadata_or_a_compressed_file_given_as_the_bag_says_pass_the_folder(tmp_path, capsys):
+def test_metadata_given_as_the_bag_says_pass_the_folder_and_a_compressed_file_is_read(tmp_path, capsys):
     bag = _bag(tmp_path / "rec", "humble", "sqlite3", compression="file")
-    _assert_frames(_read(bag), _images())
-    packed = bag / "rec.db3.zstd"
-    for given, expected in [(bag / "metadata.yaml", f"pass the bag folder {bag}, not its metadata.yaml"),
-                            (packed, f"a zstd-compressed storage file; pass the bag folder {bag}, whose "
-                                     f"metadata.yaml says how to read it")]:
-        code, err = _cli(capsys, "extract", given, "--topic", TOPIC, "--out", tmp_path / "ds")
-        assert code == 2 and err == [f"blip-lora bag: error: {given}: {expected}"]
+    _assert_frames(read_frames(bag, TOPIC), noise_images())
+    code, err = bag_cli_lines(capsys, "extract", bag / "metadata.yaml", "--topic", TOPIC, "--out", tmp_path / "ds")
+    assert code == 2 and err == [f"blip-lora bag: error: {bag / 'metadata.yaml'}: pass the bag folder {bag}, not its "
+                                 f"metadata.yaml"]
+    _assert_frames(read_frames(bag / "rec.db3.zstd", TOPIC), noise_images())  # it used to say "pass the folder"
 
 
 def _split_bag(tmp_path: Path) -> Path:
     """One recording split into two sqlite3 files (``--max-bag-size``), frames 0-2 and 3-5."""
-    images = _images()
+    images = noise_images()
     frames = camera_frames(images, ["rgb8"], TOPIC)
     first = write_distro_bag(tmp_path / "a", frames[:3], "humble")
     second = write_distro_bag(tmp_path / "b", frames[3:], "humble")
@@ -383,31 +355,31 @@ def _split_bag(tmp_path: Path) -> Path:
 
 def test_one_file_of_a_split_bag_says_it_reads_only_that_file(tmp_path, caplog):
     bag = _split_bag(tmp_path)
-    _assert_frames(_read(bag), _images())
+    _assert_frames(read_frames(bag, TOPIC), noise_images())
     caplog.clear()
-    _assert_frames(_read(bag / "a_1.db3"), _images()[3:])
+    _assert_frames(read_frames(bag / "a_1.db3", TOPIC), noise_images()[3:])
     assert (f"{bag / 'a_1.db3'}: reading only this file, 2 of the 2 files of the split bag {bag}; "
             f"pass the folder to read them all") in caplog.text
 
 
 def test_a_missing_model_folder_says_it_does_not_exist(tmp_path, capsys):
     bag = _bag(tmp_path / "rec")
-    code, err = _cli(capsys, "caption", bag, "--topic", TOPIC, "--out", tmp_path / "c.jsonl",
+    code, err = bag_cli_lines(capsys, "caption", bag, "--topic", TOPIC, "--out", tmp_path / "c.jsonl",
                      "--model", tmp_path / "no_model")
     assert code == 2 and err == [f"blip-lora bag: error: cannot load BLIP model '{tmp_path / 'no_model'}': "
                                  f"the folder does not exist"]
 
 
 def _undecodable_bag(tmp_path: Path) -> Path:
-    frames = [Frame(TOPIC, raw_msg(2, 2, "yuv444", 6, bytes(12), 10**9 + i), 10**9 + i) for i in range(3)]
+    frames = [Frame(TOPIC, undecodable_msg(10**9 + i), 10**9 + i) for i in range(3)]
     return write_distro_bag(tmp_path / "bad", frames, "jazzy", "mcap")
 
 
 def test_caption_and_extract_both_exit_2_when_no_frame_decodes(tmp_path, capsys, tiny_model_dir):
     bag = _undecodable_bag(tmp_path)
-    code, err = _cli(capsys, "extract", bag, "--topic", TOPIC, "--out", tmp_path / "ds")
+    code, err = bag_cli_lines(capsys, "extract", bag, "--topic", TOPIC, "--out", tmp_path / "ds")
     assert code == 2 and err[-1].startswith(f"blip-lora bag: error: {bag}: no frames extracted from {TOPIC}")
-    code, err = _cli(capsys, "caption", bag, "--topic", TOPIC, "--out", tmp_path / "c.jsonl",
+    code, err = bag_cli_lines(capsys, "caption", bag, "--topic", TOPIC, "--out", tmp_path / "c.jsonl",
                      "--model", tiny_model_dir, "--max-new-tokens", "2")
     assert code == 2 and err[-1].startswith(f"blip-lora bag: error: {storage_file(bag).parent}: no frames captioned "
                                             f"from {TOPIC} (3 messages, all undecodable); first: ")
@@ -417,21 +389,31 @@ def test_caption_and_extract_both_exit_2_when_no_frame_decodes(tmp_path, capsys,
 # ---- the guard itself ---------------------------------------------------------------------------------------
 
 _GUARDED = {"main", "extract_frames", "replay_captions", "read_camera", "check_camera_topic"}
-_WRAPPERS = {"_cli", "_extract", "_replay", "_read"}
+_WRAPPERS = {"bag_cli", "extract", "read", "replay"}
+_BAG_TESTS = ("test_bags.py", "test_bag_inputs.py", "test_bag_recorders.py")
 
 
-@pytest.mark.parametrize("name", ["test_bags.py", "test_bag_inputs.py"])
+@pytest.mark.parametrize("name", _BAG_TESTS)
 def test_bag_tests_run_every_command_through_the_input_guard(name):
-    """Each command that reads a bag in the bag tests runs inside ``unchanged(bag)`` (via the wrappers)."""
+    """The bag tests call a command on a bag only through the wrappers of bag_fixtures, which run it inside
+    ``unchanged(bag)``."""
     tree = ast.parse((Path(__file__).parent / name).read_text())
-    unguarded = []
-    for func in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name not in _WRAPPERS):
-        for call in (n for n in ast.walk(func) if isinstance(n, ast.Call)):
-            if isinstance(call.func, ast.Name) and call.func.id in _GUARDED:
-                unguarded.append(f"{func.name}:{call.lineno} {call.func.id}")
-    assert unguarded == []
-    assert all(any(isinstance(n, ast.With) for n in ast.walk(f))
-               for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name in _WRAPPERS)
+    called = sorted(f"{n.lineno} {_name(n.func)}" for n in ast.walk(tree)
+                    if isinstance(n, ast.Call) and _name(n.func) in _GUARDED)
+    assert called == []
+    fixtures = ast.parse((Path(__file__).parent / "bag_fixtures.py").read_text())
+    wrappers = {f.name: f for f in ast.walk(fixtures) if isinstance(f, ast.FunctionDef) and f.name in _WRAPPERS}
+    assert sorted(wrappers) == sorted(_WRAPPERS)
+    for wrapper in wrappers.values():
+        guards = [w for w in ast.walk(wrapper) if isinstance(w, ast.With)
+                  and any(_name(item.context_expr.func) == "unchanged" for item in w.items
+                          if isinstance(item.context_expr, ast.Call))]
+        assert len(guards) == 1, wrapper.name
+        assert any(isinstance(n, ast.Call) and _name(n.func) in _GUARDED for n in ast.walk(guards[0])), wrapper.name
+
+
+def _name(func: ast.expr) -> str:
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
 
 
 def test_the_guard_sees_a_modified_input(tmp_path):

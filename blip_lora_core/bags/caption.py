@@ -5,8 +5,9 @@ Two ways to play the bag into ``CaptionPipeline``:
 * deterministic (default): a clock that follows the bag's receive times drives ``step()`` synchronously, as
   fast as the model goes. Captioning takes no bag time; the rate limit applies in bag time, exactly as the
   worker would apply it: a pending frame is captioned as soon as the limit allows, and newer frames
-  replace older ones while it waits. The pipeline runs until the last message: a frame still waiting for
-  the rate limit then is not captioned, so ``max_rate_hz * duration`` bounds the caption count (plus one).
+  replace older ones while it waits. A frame still waiting for the rate limit after the last message is
+  captioned when the limit allows, as the node would (that caption comes after the bag's end), so every
+  message is captioned, replaced, held back as a repeat (``publish_on_change_only``) or failed.
 * realtime: messages are submitted at their recorded pace to a real worker thread (results vary run to
   run); at the end it waits for the frame in hand.
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 FrameCaptioner = Callable[[np.ndarray], str]
 """One (H, W, 3) uint8 RGB frame -> its caption."""
 REALTIME_DRAIN_S = 30.0  # how long realtime mode waits for the last frame's caption
+_AFTER_THE_END = 2**63  # bag time (ns) later than any message
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,14 @@ class TimedCaption:
 
 @dataclass
 class ReplayReport:
-    """What a replay did: messages read, captions published, frames replaced while waiting, failures."""
+    """What a replay did: messages read, captions published, frames replaced while waiting, captions held
+    back because they repeat the last one (``publish_on_change_only``), failures. Without failures
+    ``captions + dropped + unchanged == messages``."""
 
     messages: int = 0
     captions: int = 0
     dropped: int = 0
+    unchanged: int = 0
     decode_errors: int = 0
     inference_errors: int = 0
     first_error: str | None = None
@@ -123,7 +128,8 @@ def replay_captions(bag: str | os.PathLike, caption_fn: FrameCaptioner,
     play = _play_realtime if options.realtime else _play_fast
     pipeline, messages = play(bag, recorder, options)
     stats = pipeline.stats()
-    report = ReplayReport(messages, len(recorder.captions), stats.frames_dropped, stats.decode_errors,
+    report = ReplayReport(messages, len(recorder.captions), stats.frames_dropped,
+                          stats.captions_made - stats.captions_published, stats.decode_errors,
                           stats.inference_errors, str(recorder.errors[0]) if recorder.errors else None)
     if options.strict and recorder.errors:
         raise recorder.errors[0]
@@ -165,6 +171,7 @@ def _play_fast(bag: str | os.PathLike, recorder: _Recorder, options: ReplayOptio
         _advance(pipeline, clock, clock.now_ns, recorder)
     if pipeline is None:
         raise BagError(f"{bag}: topic {options.topic} has no messages")
+    _advance(pipeline, clock, _AFTER_THE_END, recorder)  # the frame still waiting for the rate limit
     return pipeline, messages
 
 

@@ -7,12 +7,17 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from ..atomic import staged_path
 from ..errors import BagError
 from .reader import STRING_TYPE, TYPESTORE
 from .storage import METADATA, STORAGE_SUFFIXES
+
+_INFINITE = QosTime(9223372036, 854775807)  # as rosbag2 records "no deadline", "no lifespan"
+CAPTION_QOS = Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, QosDurability.VOLATILE, _INFINITE, _INFINITE,
+                  QosLiveliness.AUTOMATIC, _INFINITE, False)
 
 
 def check_not_input(out: Path, bag: str | os.PathLike) -> None:
@@ -75,18 +80,20 @@ def write_strings(out: Path, topic: str, items: list[tuple[int, str]], *, storag
     single = out.suffix in STORAGE_SUFFIXES
     check_output(out, force, looks_like_bag, "a ROS 2 bag")
     with staged_path(out) as staged:
-        folder = staged.with_name("bag") if single else staged
+        folder = staged.with_name(out.stem) if single else staged  # its storage file is named <out.stem><suffix>
         _write_bag(folder, topic, items, STORAGE_SUFFIXES.get(out.suffix, storage))
         if single:
             os.replace(next(p for p in folder.iterdir() if p.suffix == out.suffix), staged)
 
 
 def _write_bag(folder: Path, topic: str, items: list[tuple[int, str]], storage: str) -> None:
+    """A rosbag2 bag in metadata version 8, which Humble's and Jazzy's rosbag2 both read (Humble cannot read 9's
+    QoS list), offering the QoS of the node's caption publisher."""
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     string = TYPESTORE.types[STRING_TYPE]
     try:
-        with Writer(folder, version=9, storage_plugin=plugin) as writer:
-            conn = writer.add_connection(topic, STRING_TYPE, typestore=TYPESTORE)
+        with Writer(folder, version=8, storage_plugin=plugin) as writer:
+            conn = writer.add_connection(topic, STRING_TYPE, typestore=TYPESTORE, offered_qos_profiles=[CAPTION_QOS])
             for time_ns, text in items:
                 writer.write(conn, time_ns, bytes(TYPESTORE.serialize_cdr(string(data=text), STRING_TYPE)))
     except Exception as exc:  # rosbags WriterError, OSError (disk full), ...

@@ -1,7 +1,8 @@
 """Read camera frames from ROS 2 bags without ROS (through ``rosbags``).
 
-A bag is a rosbag2 folder (metadata.yaml plus .db3 or .mcap files), a bare ``.db3`` / ``.mcap`` file, or a
-folder without metadata.yaml that holds exactly one storage file (a recording that was cut short).
+A bag is a rosbag2 folder (metadata.yaml plus .db3 or .mcap files), a bare ``.db3`` / ``.mcap`` file
+(compressed as ``.zstd`` or not), or a folder without metadata.yaml (a recording that was not closed: its
+storage files are read in recording order). See ``storage`` for what a killed recorder leaves.
 Types are accepted in both ROS 2 spellings (``sensor_msgs/msg/Image`` and early ``sensor_msgs/Image``).
 Every failure is raised as ``BagError`` naming the file; third-party exceptions never leak out.
 """
@@ -18,7 +19,7 @@ from typing import Any
 from rosbags.typesys import Stores, get_typestore
 
 from ..errors import BagError
-from .storage import OpenBag, corrupt_hint, message_payloads, open_storage, reason
+from .storage import OpenBag, message_payloads, open_storage, reason
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +61,30 @@ def bag_topics(bag: OpenBag) -> dict[str, str]:
 
 
 def camera_connections(bag: OpenBag, topic: str) -> list[Any]:
-    """The connections of ``topic``; BagError if it is missing or does not carry CDR camera images."""
+    """The camera connections of ``topic``; BagError if it is missing or has none that carry CDR images.
+
+    Connections of other types on the topic are left out, with a note saying how many messages that skips.
+    """
     conns = [c for c in bag.connections if c.topic == topic]
     if not conns:
         listing = ", ".join(f"{t} ({m})" for t, m in bag_topics(bag).items()) or "none"
         raise BagError(f"{bag.path}: topic {topic} not found; topics present: {listing}")
-    bad = sorted({c.msgtype for c in conns if ros2_type(c.msgtype) not in CAMERA_TYPES})
-    if bad:
-        raise BagError(f"{bag.path}: topic {topic} has message type {', '.join(bad)}, "
+    cameras = [c for c in conns if ros2_type(c.msgtype) in CAMERA_TYPES]
+    others: dict[str, int] = {}
+    for conn in conns:
+        if ros2_type(conn.msgtype) not in CAMERA_TYPES:
+            others[ros2_type(conn.msgtype)] = others.get(ros2_type(conn.msgtype), 0) + conn.msgcount
+    if not cameras:
+        raise BagError(f"{bag.path}: topic {topic} has message type {', '.join(sorted(others))}, "
                        f"expected {' or '.join(CAMERA_TYPES)}")
-    formats = sorted({fmt for c in conns if (fmt := getattr(c.ext, "serialization_format", "cdr")) != "cdr"})
+    if others:
+        skipped = ", ".join(f"{count} of type {name}" for name, count in sorted(others.items()))
+        bag.notes.append(f"{bag.path}: topic {topic} also holds messages of another type, skipped: {skipped}")
+    formats = sorted({fmt for c in cameras if (fmt := getattr(c.ext, "serialization_format", "cdr")) != "cdr"})
     if formats:
         raise BagError(f"{bag.path}: topic {topic} is serialised as {', '.join(formats)}; only cdr is supported")
     _check_declared_count(bag, topic, sum(c.msgcount for c in conns))
-    return conns
+    return cameras
 
 
 def _check_declared_count(bag: OpenBag, topic: str, held: int) -> None:
@@ -84,23 +95,41 @@ def _check_declared_count(bag: OpenBag, topic: str, held: int) -> None:
     if held < declared:
         raise BagError(f"{bag.info.metadata}: declares {declared} messages on {topic} but its storage files hold "
                        f"{held}: {declared - held} are missing from the bag")
-    log.warning("%s: declares %d messages on %s but its storage files hold %d (a recording that was not "
-                "closed cleanly?); reading all %d (`ros2 bag reindex` rewrites %s)", bag.info.metadata, declared,
-                topic, held, held, bag.info.metadata.name)
+    bag.notes.append(f"{bag.info.metadata}: declares {declared} messages on {topic} but its storage files hold "
+                     f"{held} (a recording that was not closed cleanly?); reading all {held} (`ros2 bag reindex` "
+                     f"rewrites {bag.info.metadata.name})")
+
+
+def _say_notes(bag: OpenBag) -> None:
+    for note in bag.notes:
+        log.warning("%s", note)
 
 
 def check_camera_topic(path: str | os.PathLike, topic: str) -> int:
-    """Open the bag and check that ``topic`` carries camera images; returns its message count (cheap)."""
+    """Open the bag and check that ``topic`` carries camera images; returns its message count (cheap).
+
+    The bag's notes are left for ``read_camera`` to say, unless the check fails.
+    """
     with open_storage(path) as bag:
-        return sum(c.msgcount for c in camera_connections(bag, topic))
+        try:
+            return sum(c.msgcount for c in camera_connections(bag, topic))
+        except BagError:
+            _say_notes(bag)
+            raise
 
 
 def read_camera(path: str | os.PathLike, topic: str) -> Iterator[BagMessage]:
-    """Camera messages on ``topic`` in bag (receive time) order; BagError on a missing topic or corrupt data."""
+    """Camera messages on ``topic`` in bag (receive time) order; BagError on a missing topic or corrupt data.
+
+    What the bag's notes say (a recording not closed, messages of other types skipped, ...) is logged once.
+    """
     with open_storage(path) as bag:
-        conns = camera_connections(bag, topic)
+        try:
+            conns = camera_connections(bag, topic)
+        finally:
+            _say_notes(bag)
         for index, (where, msgtype, time_ns, raw) in enumerate(_raw_messages(bag, conns, topic)):
-            yield _bag_message(index, time_ns, _deserialize(raw, msgtype, where, topic, index))
+            yield _bag_message(index, time_ns, _deserialize(raw, msgtype, where, topic, index, bag.hint(where)))
 
 
 def _raw_messages(bag: OpenBag, conns: list[Any], topic: str) -> Iterator[tuple[Path, str, int, bytes]]:
@@ -116,18 +145,18 @@ def _raw_messages(bag: OpenBag, conns: list[Any], topic: str) -> Iterator[tuple[
     for named, storage in bag.storages:
         for conn in (c for c in storage.connections if id(c) in counts and counts[id(c)] != c.msgcount):
             raise BagError(f"{named}: read {counts[id(conn)]} messages on {topic} but the file's index declares "
-                           f"{conn.msgcount}; {corrupt_hint(named)}")
+                           f"{conn.msgcount}; {bag.hint(named)}")
 
 
-def _deserialize(raw: bytes, msgtype: str, where: Path, topic: str, index: int) -> Any:
+def _deserialize(raw: bytes, msgtype: str, where: Path, topic: str, index: int, hint: str) -> Any:
     try:
         return TYPESTORE.deserialize_cdr(raw, ros2_type(msgtype))
     except Exception as exc:  # malformed CDR raises struct/index/unicode errors
         if raw[:4] == _ZSTD_MAGIC:
             raise BagError(f"{where}: message {index} on {topic} is zstd-compressed (recorded with "
                            f"--compression-mode message); pass the bag folder with its metadata.yaml") from exc
-        raise BagError(f"{where}: message {index} on {topic} ({msgtype}) cannot be deserialised: "
-                       f"{type(exc).__name__}: {reason(exc)}; {corrupt_hint(where)}") from exc
+        raise BagError(f"{where}: message {index} on {topic} ({ros2_type(msgtype)}) cannot be deserialised: "
+                       f"{type(exc).__name__}: {reason(exc)}; {hint}") from exc
 
 
 def _bag_message(index: int, time_ns: int, msg: Any) -> BagMessage:

@@ -19,6 +19,7 @@ from transformers import BlipConfig, BlipForConditionalGeneration, PreTrainedTok
 from .._compat import dtype_kwarg, wordpiece_tokenizer
 from ..errors import BlipLoraError, ConfigError
 from .blip_internals import ATTENTIONS, set_attention
+from .hub import model_source
 from .preprocess import ImagePreprocessor
 
 BLIP_LARGE = "Salesforce/blip-image-captioning-large"
@@ -68,14 +69,14 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
     if attention not in ATTENTIONS:
         raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
     _check_local_folder(name_or_path)
+    source = model_source(name_or_path, revision)  # the cached copy when the hub cannot be reached
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     try:
         model = BlipForConditionalGeneration.from_pretrained(
-            name_or_path, revision=revision, trust_remote_code=False, **dtype_kwarg(torch_dtype))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, revision=revision,
-                                                               trust_remote_code=False)
-        preprocess = ImagePreprocessor.from_pretrained(name_or_path, revision=revision)
+            source, revision=revision, trust_remote_code=False, **dtype_kwarg(torch_dtype))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=False)
+        preprocess = ImagePreprocessor.from_pretrained(source, revision=revision)
     except pickle.UnpicklingError as error:
         raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: its weights are a pickle holding more than "
                             f"tensors, refused by torch's weights-only loader") from error

@@ -10,6 +10,9 @@ from blip_lora_core.bags.options import ExtractOptions, ReplayOptions
 from ._model_args import add_model_args, captioner_from_args
 from ._settings_args import add_settings_flags, given
 
+BAG_HELP = ("bag folder (with or without metadata.yaml: a recording that was not closed reads as far as it is "
+            "intact), or one .db3 or .mcap file, compressed as .zstd or not")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,7 +31,7 @@ def _register_extract(actions: argparse._SubParsersAction) -> None:
                     "annotations.jsonl in the format `train` reads. Captions are empty (\"text\": \"\") "
                     "unless --precaption fills them; every row has \"reviewed\": false. `train` refuses "
                     "empty captions: write or correct them first.")
-    parser.add_argument("bag", type=Path, help="bag folder, .db3 or .mcap file")
+    parser.add_argument("bag", type=Path, help=BAG_HELP)
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     parser.add_argument("--precaption", action="store_true",
                         help="fill the captions with --model/--adapter so a person corrects instead of typing")
@@ -45,7 +48,7 @@ def _register_caption(actions: argparse._SubParsersAction) -> None:
                     "By default as fast as possible and deterministic: a clock following the bag's receive "
                     "times applies the rate limit in bag time. --realtime plays the messages at their "
                     "recorded pace into the node's worker thread instead.")
-    parser.add_argument("bag", type=Path, help="bag folder, .db3 or .mcap file")
+    parser.add_argument("bag", type=Path, help=BAG_HELP)
     parser.add_argument("--out", type=Path, required=True,
                         help="captions.jsonl ({stamp, image_stamp, caption} per line), a .mcap or .db3 file, "
                              "or a bag folder: std_msgs/String messages at the bag time each caption would "
@@ -90,8 +93,10 @@ def run_caption(args: argparse.Namespace) -> int:
     captions, report = replay_captions(args.bag, lambda image: captioner.caption([image])[0], options)
     write_captions(args.out, captions, source=args.bag, topic=args.caption_topic, storage=args.storage,
                    force=args.force)
+    repeats = (f"{report.unchanged} repeats of the last caption not published (--on-change), "
+               if options.publish_on_change_only else "")
     print(f"wrote {report.captions} captions of {report.messages} frames on {options.topic} to {args.out} "
-          f"({report.dropped} replaced by newer frames, {report.decode_errors} undecodable, "
+          f"({report.dropped} replaced by newer frames, {repeats}{report.decode_errors} undecodable, "
           f"{report.inference_errors} model failures)")
     if report.first_error:
         print(f"first failure: {report.first_error}")

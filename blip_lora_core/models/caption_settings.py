@@ -1,17 +1,32 @@
 """CaptionSettings: how a Captioner loads and captions, one frozen dataclass shared by the CLI, the node's
-parameters and the bag tools, so the defaults live here and nowhere else."""
+parameters and the bag tools, so the defaults live here and nowhere else. Imports no torch: the ONNX Runtime
+captioner uses it too."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-import torch
-
 from ..errors import ConfigError
-from .loading import DTYPE_NAMES
 
+BLIP_LARGE = "Salesforce/blip-image-captioning-large"
+"""The default model of every command and of the node."""
 QUANTIZE_CHOICES = ("int8",)
+DTYPE_ALIASES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+                 "bf16": "bfloat16", "bfloat16": "bfloat16"}
+"""dtype names a setting accepts -> the torch dtype's name."""
+DTYPE_NAMES = tuple(DTYPE_ALIASES)
+# torch's device types (torch.device accepts these, with an optional :index)
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hip|xla|hpu|mtia|maia|ipu|ve|fpga|lazy|vulkan|opengl|opencl|ideep|mkldnn|"
+                     r"meta|privateuseone)(:\d+)?")
+
+
+def device_type(device: str) -> str:
+    """'cuda:1' -> 'cuda'; ConfigError for what is not a device name (checked without importing torch)."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ConfigError(f"caption setting device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)")
+    return device.partition(":")[0]
 
 
 @dataclass(frozen=True)
@@ -45,11 +60,7 @@ class CaptionSettings:
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
             raise ConfigError(f"caption setting dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if self.device is not None:
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError):
-                raise ConfigError(f"caption setting device {self.device!r} is not a torch device "
-                                  "(cpu, cuda, cuda:1, ...)") from None
+            device_type(self.device)
         self._check_quantize()
 
     def _check_quantize(self) -> None:
@@ -60,7 +71,7 @@ class CaptionSettings:
                               f"got {self.quantize!r}")
         if self.device is None:
             object.__setattr__(self, "device", "cpu")  # quantized linears run on the CPU, even beside a GPU
-        if self.device is not None and torch.device(self.device).type != "cpu":
+        if device_type(self.device) != "cpu":
             raise ConfigError(f"quantize {self.quantize} runs on the CPU only, not on device {self.device!r}")
         if self.dtype not in (None, "fp32", "float32"):
             raise ConfigError(f"quantize {self.quantize} quantizes fp32 weights: use dtype fp32, not {self.dtype!r}")

@@ -41,20 +41,84 @@ def blocker(model, num_beams: int, prompt_length: int, max_new_tokens: int) -> s
         return f"transformers {TRANSFORMERS_MAJOR}.x"
     if num_beams != 1:
         return f"beam search ({num_beams} beams)"
-    config = model.text_decoder.generation_config  # BLIP's generate() hands decoding to the text decoder
-    for name, default in _UNSUPPORTED.items():
-        value = getattr(config, name, default)
-        if value is not None and value != default:
-            return f"generation_config.{name}={value!r}"
+    unsupported = unsupported_generation(model)
+    if unsupported:
+        return unsupported
     limit = model.config.text_config.max_position_embeddings
     if 1 + prompt_length + max_new_tokens > limit:
         return f"{1 + prompt_length + max_new_tokens} tokens exceed the {limit} positions"
     return None
 
 
+def unsupported_generation(model) -> str | None:
+    """The first generation_config setting that changes greedy decoding beyond [SEP] and min_new_tokens (which
+    greedy decoders here reproduce), as 'generation_config.name=value', or None."""
+    config = model.text_decoder.generation_config  # BLIP's generate() hands decoding to the text decoder
+    for name, default in _UNSUPPORTED.items():
+        value = getattr(config, name, default)
+        if value is not None and value != default:
+            return f"generation_config.{name}={value!r}"
+    return None
+
+
 def bucket(batch: int, buckets: Sequence[int] = BATCH_BUCKETS) -> int:
     """The smallest bucket holding ``batch`` rows (batch itself beyond the largest)."""
     return next((b for b in buckets if b >= batch), batch)
+
+
+# ---------------------------------------------------------------- one decoding step, built from the model's modules
+# (also traced by the ONNX export, blip_lora_core/export/onnx_graphs.py, so both run the same computation)
+
+
+def split_heads(x: torch.Tensor, attention) -> torch.Tensor:
+    """(B, T, hidden) -> (B, heads, T, head_dim) for one BLIP text self-attention module."""
+    return x.view(x.shape[0], x.shape[1], attention.num_attention_heads, attention.attention_head_size).transpose(1, 2)
+
+
+def project_kv(attention, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden (B, T, hidden) -> the attention module's keys and values, each (B, heads, T, head_dim)."""
+    return split_heads(attention.key(hidden), attention), split_heads(attention.value(hidden), attention)
+
+
+def cross_kv(model, pixel_values: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """pixel_values (B, 3, S, S) -> per text layer, the cross-attention keys and values of the image
+    (each (B, heads, N, head_dim), N image tokens): computed once per image."""
+    image = model.vision_model(pixel_values=pixel_values)[0]
+    return [project_kv(layer.crossattention.self, image) for layer in model.text_decoder.bert.encoder.layer]
+
+
+def embed_tokens(bert, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """tokens (B, T) at positions pos (T,) -> the text decoder's input embeddings (B, T, hidden)."""
+    embed = bert.embeddings
+    return embed.LayerNorm(embed.word_embeddings(tokens) + embed.position_embeddings(pos)[None])
+
+
+def causal_mask(pos: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(1, 1, T, L) additive mask: query at pos[i] sees key position j when j <= pos[i], -inf elsewhere."""
+    mask = torch.zeros(pos.shape[0], positions.shape[0], dtype=dtype, device=pos.device)
+    return mask.masked_fill(positions[None, :] > pos[:, None], float("-inf"))[None, None]
+
+
+def attend(attention, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """transformers' eager BLIP text attention + its output block, on given K/V (B, heads, L, head_dim)."""
+    own = attention.self
+    query = split_heads(own.query(hidden), own)
+    scores = torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(own.attention_head_size)
+    if mask is not None:
+        scores = scores + mask
+    context = torch.matmul(torch.softmax(scores, dim=-1), values)
+    context = context.permute(0, 2, 1, 3).reshape(hidden.shape)
+    return attention.output(context, hidden)
+
+
+def text_layer(layer, hidden: torch.Tensor, own_kv: tuple[torch.Tensor, torch.Tensor],
+               image_kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """One BERT layer of the text decoder: masked self-attention over own_kv (the tokens so far, this step's
+    included), cross-attention over the image's K/V, feed-forward. hidden (B, T, hidden) -> (B, T, hidden)."""
+    hidden = attend(layer.attention, hidden, *own_kv, mask)
+    hidden = attend(layer.crossattention, hidden, *image_kv)
+    return layer.output(layer.intermediate(hidden), hidden)
 
 
 @dataclass
@@ -98,39 +162,20 @@ class StaticGreedyDecoder:
 
     # ------------------------------------------------------------ the computation
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, hidden) -> (B, heads, T, head_dim)."""
-        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
-
-    def _attend(self, attention, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """transformers' eager BLIP text attention + its output block, on given K/V (B, heads, L, head_dim)."""
-        query = self._split(attention.self.query(hidden))
-        scores = torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        if mask is not None:
-            scores = scores + mask
-        context = torch.matmul(torch.softmax(scores, dim=-1), values)
-        context = context.permute(0, 2, 1, 3).reshape(hidden.shape)
-        return attention.output(context, hidden)
-
     def _forward(self, plan: _Plan, tokens: torch.Tensor, pos: torch.Tensor, cross: list,
                  first_eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, T) at positions pos (T,) -> next-token ids (B,) and their log-probabilities (B,) under the
         model's distribution (before the min_new_tokens [SEP] ban); writes the tokens' K/V into the caches."""
         bert = self.model.text_decoder.bert
-        embed = bert.embeddings
-        hidden = embed.LayerNorm(embed.word_embeddings(tokens) + embed.position_embeddings(pos)[None])
+        hidden = embed_tokens(bert, tokens, pos)
         positions = torch.arange(plan.keys.shape[3], device=tokens.device)
-        mask = torch.zeros(pos.shape[0], positions.shape[0], dtype=hidden.dtype, device=tokens.device)
-        mask = mask.masked_fill(positions[None, :] > pos[:, None], float("-inf"))[None, None]
+        mask = causal_mask(pos, positions, hidden.dtype)
         for index, layer in enumerate(bert.encoder.layer):
-            own = layer.attention.self
+            keys, values = project_kv(layer.attention.self, hidden)
             # .to: under autocast the projections come out in bf16/fp16 while the cache has the weights' dtype
-            plan.keys[index].index_copy_(2, pos, self._split(own.key(hidden)).to(plan.keys.dtype))
-            plan.values[index].index_copy_(2, pos, self._split(own.value(hidden)).to(plan.values.dtype))
-            hidden = self._attend(layer.attention, hidden, plan.keys[index], plan.values[index], mask)
-            hidden = self._attend(layer.crossattention, hidden, *cross[index])
-            hidden = layer.output(layer.intermediate(hidden), hidden)
+            plan.keys[index].index_copy_(2, pos, keys.to(plan.keys.dtype))
+            plan.values[index].index_copy_(2, pos, values.to(plan.values.dtype))
+            hidden = text_layer(layer, hidden, (plan.keys[index], plan.values[index]), cross[index], mask)
         logits = self.model.text_decoder.cls(hidden[:, -1:])[:, -1].float()
         log_probs = torch.log_softmax(logits, dim=-1)
         if first_eos:
@@ -140,10 +185,7 @@ class StaticGreedyDecoder:
 
     def _run(self, plan: _Plan, min_new_tokens: int, stop_early: bool) -> int:
         """plan.pixels, plan.prompt -> plan.out; returns how many tokens were generated."""
-        image = self.model.vision_model(pixel_values=plan.pixels)[0]
-        cross = [(self._split(layer.crossattention.self.key(image)),
-                  self._split(layer.crossattention.self.value(image)))
-                 for layer in self.model.text_decoder.bert.encoder.layer]
+        cross = cross_kv(self.model, plan.pixels)
         start = plan.prompt.shape[1]
         new_tokens = plan.out.shape[1] - start
         plan.out[:, :start] = plan.prompt

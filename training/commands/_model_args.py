@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from blip_lora_core.models.caption_settings import QUANTIZE_CHOICES, CaptionSettings
+from blip_lora_core.models.caption_settings import BLIP_LARGE, QUANTIZE_CHOICES, CaptionSettings
 from blip_lora_core.models.captioning import Captioner
-from blip_lora_core.models.loading import BLIP_LARGE
 
 DEFAULTS = CaptionSettings()
 

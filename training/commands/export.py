@@ -8,7 +8,8 @@ from pathlib import Path
 from blip_lora_core.lora.adapter_io import load_adapter
 from blip_lora_core.lora.hooks import remove_lora
 from blip_lora_core.lora.peft_interop import export_peft
-from blip_lora_core.models.loading import BLIP_LARGE, load_blip, save_bundle
+from blip_lora_core.models.caption_settings import BLIP_LARGE
+from blip_lora_core.models.loading import load_blip, save_bundle
 
 
 def register(subparsers) -> None:

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from blip_lora_core.errors import BlipLoraError, ConfigError
-from blip_lora_core.models.caption_settings import QUANTIZE_CHOICES, CaptionSettings
+from blip_lora_core.models.caption_settings import BLIP_LARGE, QUANTIZE_CHOICES, CaptionSettings
 from blip_lora_core.models.captioning import Captioner
-from blip_lora_core.models.loading import BLIP_LARGE
 from blip_lora_core.runtime.pipeline import CaptionPipeline
 
 

@@ -99,7 +99,7 @@ def export_bundle(bundle: BlipBundle, out: str | Path, *, adapter: str | None = 
     bundle.preprocess.save_pretrained(out)
     manifest = _manifest(bundle, out, adapter, dtype, quantize, opset)
     write_manifest(out, manifest)
-    log.info("ONNX export of %s%s: %s (%s%s)", bundle.name, f" + {manifest.adapter}" if adapter else "", out,
+    log.debug("ONNX export of %s%s: %s (%s%s)", bundle.name, f" + {manifest.adapter}" if adapter else "", out,
              dtype, f", {quantize}" if quantize else "")
     return manifest
 

@@ -68,6 +68,8 @@ class OrtCaptioner:
         captioner = cls(folder, settings, **overrides)
         if adapter:
             captioner.set_adapter(adapter)
+        merged = f" (adapter {captioner.adapter} merged at export)" if captioner.adapter else ""
+        log.info("ONNX export %s%s: %s", captioner.folder, merged, captioner.describe())
         return captioner
 
     # ------------------------------------------------------------ settings (the Captioner's interface)

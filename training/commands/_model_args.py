@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from blip_lora_core.models.caption_settings import BLIP_LARGE, QUANTIZE_CHOICES, CaptionSettings
-from blip_lora_core.models.captioning import Captioner
+from blip_lora_core.runtime.captioners import load_captioner
 
 DEFAULTS = CaptionSettings()
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=BLIP_LARGE, help="hub id or local folder of the base model")
+    parser.add_argument("--model", default=BLIP_LARGE,
+                        help="hub id or local folder of the base model, or an ONNX export folder (blip-lora export "
+                             "--format onnx: runs on ONNX Runtime, no torch)")
     parser.add_argument("--revision", default=None, help="hub revision to pin the model to")
     parser.add_argument("--adapter", default=None, help="LoRA adapter file (.safetensors); none: zero-shot")
     parser.add_argument("--merge", action=argparse.BooleanOptionalAction, default=DEFAULTS.merge,
@@ -41,6 +44,6 @@ def settings_from_args(args: argparse.Namespace) -> CaptionSettings:
                            batch_size=args.batch_size, fast=args.fast)
 
 
-def captioner_from_args(args: argparse.Namespace) -> Captioner:
-    return Captioner.from_pretrained(args.model, settings_from_args(args), adapter=args.adapter,
-                                     revision=args.revision)
+def captioner_from_args(args: argparse.Namespace) -> Any:
+    """The torch Captioner, or the ONNX Runtime one for an exported folder (runtime/captioners.py)."""
+    return load_captioner(args.model, settings_from_args(args), adapter=args.adapter, revision=args.revision)

@@ -1,0 +1,22 @@
+"""Which captioner loads a ``model`` value: an ONNX export folder (manifest.json) runs on ONNX Runtime without
+torch; anything else (a hub id, a transformers folder) loads the torch Captioner. The CLI and the node use this."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..models.caption_settings import CaptionSettings
+from ..ort.folder import is_onnx_folder
+
+
+def load_captioner(model: str, settings: CaptionSettings, *, adapter: str | None = None,
+                   revision: str | None = None) -> Any:
+    """The captioner for ``model`` with ``adapter`` (for an export: only the adapter merged into it);
+    BlipLoraError when it cannot be loaded. The torch path is imported only when it is the one used."""
+    if is_onnx_folder(model):
+        from ..ort.captioner import OrtCaptioner
+
+        return OrtCaptioner.from_folder(model, settings, adapter=adapter or None, revision=revision)
+    from ..models.captioning import Captioner
+
+    return Captioner.from_pretrained(model, settings, adapter=adapter or None, revision=revision)

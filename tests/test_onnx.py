@@ -208,3 +208,15 @@ def test_generation_settings_the_onnx_captioner_does_not_copy_refuse_the_export(
     bundle.model.text_decoder.generation_config.repetition_penalty = 1.3
     with pytest.raises(ConfigError, match="repetition_penalty=1.3 changes greedy decoding"):
         export_bundle(bundle, tmp_path / "x")
+
+
+def test_gpu_providers_that_do_not_load_fall_back_to_the_cpu(trained, onnx_export):
+    """Given CUDA and TensorRT (as onnxruntime-gpu lists them) on a machine where they cannot load, the sessions
+    run on the CPU, describe() says so, and the captions are the CPU's."""
+    from blip_lora_core.ort.providers import CPU, CUDA, TENSORRT
+
+    captioner = OrtCaptioner(onnx_export, max_new_tokens=12, providers=[TENSORRT, CUDA, CPU])
+    if captioner._decoder.get_providers()[0] != CPU:
+        pytest.skip("CUDA loads here: the fallback is not exercised")
+    assert captioner.device == "cpu" and captioner.describe().startswith("onnxruntime CPU, cpu")
+    assert captioner.caption(trained.images) == OrtCaptioner(onnx_export, max_new_tokens=12).caption(trained.images)

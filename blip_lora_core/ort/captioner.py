@@ -9,6 +9,7 @@ Used duck-typed like ``blip_lora_core.models.captioning.Captioner`` (the CLI, th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -27,7 +28,7 @@ from ..models.confidence import CaptionResult, caption_confidence
 from ..models.images import load_image
 from ..models.preprocess import ImagePreprocessor
 from .folder import DECODER, PREPROCESSOR, TOKENIZER, VISION, read_manifest, sha256_file
-from .providers import Placement, describe_providers, place
+from .providers import CUDA, TENSORRT, Placement, describe_providers, place
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class OrtCaptioner:
         self._dtype = _NUMPY_DTYPES[self.manifest.dtype]
         self._vision = self._session(VISION, self.placement.vision, threads)
         self._decoder = self._session(DECODER, self.placement.decoder, threads)
+        if self.placement.device == "cuda" and self._decoder.get_providers()[0] not in (CUDA, TENSORRT):
+            # onnxruntime drops a provider that fails to load (no CUDA library, say) and goes on on the CPU
+            log.warning("%s: the CUDA provider did not load; captioning on the CPU", self.folder)
+            self.placement = dataclasses.replace(self.placement, device="cpu", device_id=0)
         self._prompt_ids = functools.lru_cache(maxsize=8)(self._encode_prompt)
 
     @classmethod

@@ -220,3 +220,26 @@ def test_gpu_providers_that_do_not_load_fall_back_to_the_cpu(trained, onnx_expor
         pytest.skip("CUDA loads here: the fallback is not exercised")
     assert captioner.device == "cpu" and captioner.describe().startswith("onnxruntime CPU, cpu")
     assert captioner.caption(trained.images) == OrtCaptioner(onnx_export, max_new_tokens=12).caption(trained.images)
+
+
+def test_the_command_line_exports_and_captions_and_evaluates_with_the_folder(trained, tmp_path, capsys):
+    from blip_lora_training.cli import main
+
+    out = tmp_path / "export"
+    assert main(["export", "--format", "onnx", "--model", str(trained.base), "--adapter", str(trained.adapter),
+                 "--out", str(out), "--no-progress"]) == 0
+    assert f"onnx export: {out} (" in capsys.readouterr().out
+    files = sorted(str(path) for path in trained.base.parent.glob("*.png"))
+    results = {}
+    for name, model_args in (("onnx", ["--model", str(out)]),
+                             ("torch", ["--model", str(trained.base), "--adapter", str(trained.adapter)])):
+        args = [*model_args, "--max-new-tokens", "12", "--prompt", PROMPT]
+        assert main(["caption", *files, *args, "--out", str(tmp_path / f"{name}.jsonl")]) == 0
+        assert main(["eval", str(trained.data), *args, "--out", str(tmp_path / f"{name}.json")]) == 0
+        results[name] = ((tmp_path / f"{name}.jsonl").read_text(), json.loads((tmp_path / f"{name}.json").read_text()))
+    assert results["onnx"] == results["torch"]
+    assert results["onnx"][1]["metrics"]["exact_match"] >= 0.5  # the trained adapter's captions, merged in
+    assert main(["caption", files[0], "--model", str(out), "--adapter", str(trained.base / "config.json")]) == 2
+    assert "adapters cannot change at run time" in capsys.readouterr().err
+    assert main(["export", "--format", "onnx", "--model", str(trained.base), "--out", str(out)]) == 2
+    assert "pass --force" in capsys.readouterr().err

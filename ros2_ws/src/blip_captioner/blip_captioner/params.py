@@ -9,7 +9,7 @@ from typing import Any
 
 from blip_lora_core.errors import BlipLoraError, ConfigError
 from blip_lora_core.models.caption_settings import BLIP_LARGE, QUANTIZE_CHOICES, CaptionSettings
-from blip_lora_core.models.captioning import Captioner
+from blip_lora_core.runtime.captioners import load_captioner
 from blip_lora_core.runtime.pipeline import CaptionPipeline
 
 
@@ -28,7 +28,8 @@ class ParamSpec:
 
 _CAPTION = CaptionSettings()  # the caption defaults, shared with the command line
 PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("model", BLIP_LARGE, "BLIP base model: a hub id or a local folder"),
+    ParamSpec("model", BLIP_LARGE, "BLIP base model: a hub id or a local folder, or an ONNX export folder "
+              "(blip-lora export --format onnx: ONNX Runtime, no torch; its adapter is merged in)"),
     ParamSpec("adapter", "", "LoRA adapter file; empty: the base model alone", runtime=True),
     ParamSpec("prompt", "", "text every caption starts with (e.g. 'a picture of'); empty: none", runtime=True),
     ParamSpec("device", "", "torch device (cuda, cuda:1, cpu); empty: cuda when present, else cpu"),
@@ -90,22 +91,25 @@ def caption_settings(values: Mapping[str, Any]) -> CaptionSettings:
 
 
 class LiveCaptioner:
-    """One Captioner shared by the worker thread (``caption``) and the parameter callback (``apply``)."""
+    """One captioner (the torch Captioner or the ONNX Runtime one) shared by the worker thread (``caption``)
+    and the parameter callback (``apply``)."""
 
-    def __init__(self, captioner: Captioner, adapter: str, merge: bool) -> None:
+    def __init__(self, captioner: Any, adapter: str, merge: bool) -> None:
         self.captioner, self.adapter, self.merge = captioner, adapter, merge
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, values: Mapping[str, Any], loader: Callable[..., Captioner] | None = None) -> LiveCaptioner:
-        """Load the base model (and adapter) once; BlipLoraError when it cannot be loaded."""
-        captioner = (loader or Captioner.from_pretrained)(values["model"], caption_settings(values),
-                                                          adapter=values["adapter"] or None)
+    def load(cls, values: Mapping[str, Any], loader: Callable[..., Any] | None = None) -> LiveCaptioner:
+        """Load the base model (and adapter) once, or an ONNX export (runtime/captioners.py); BlipLoraError when
+        it cannot be loaded."""
+        captioner = (loader or load_captioner)(values["model"], caption_settings(values),
+                                               adapter=values["adapter"] or None)
         return cls(captioner, values["adapter"], values["merge_adapter"])
 
     @property
     def device(self) -> str:
-        return str(getattr(getattr(self.captioner, "model", None), "device", "unknown"))
+        model = getattr(self.captioner, "model", None)  # the torch Captioner's model, or the ONNX captioner's device
+        return str(getattr(model, "device", None) or getattr(self.captioner, "device", "unknown"))
 
     def describe(self) -> str:
         """The decoding path, device, dtype and quantization (Captioner.describe); reads settings only, so it

@@ -128,7 +128,7 @@ def _top_ops(captioner: OrtCaptioner, pixels: np.ndarray) -> str:
 # ---------------------------------------------------------------- a fresh process: RSS and start-up
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 began = time.perf_counter()
 kind, folder = sys.argv[1], sys.argv[2]
 if kind == "torch":
@@ -142,8 +142,10 @@ else:
 ready = time.perf_counter()
 import numpy as np
 captioner.caption([np.zeros((480, 640, 3), np.uint8)])
-print(json.dumps({"startup": ready - began, "first_caption": time.perf_counter() - ready,
-                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+first = time.perf_counter() - ready
+# VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over fork)
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"startup": ready - began, "first_caption": first, "rss_mib": peak / 1024,
                   "torch_imported": "torch" in sys.modules}))
 """
 

@@ -148,9 +148,10 @@ def test_describe_and_the_captioner_interface(trained, onnx_export):
     assert captioner.max_new_tokens_limit(None) == 39 and captioner.max_new_tokens_limit(PROMPT) == 36
     captioner.prompt, captioner.max_new_tokens = PROMPT, 5
     assert (captioner.prompt, captioner.max_new_tokens, captioner.num_beams) == (PROMPT, 5, 1)
-    captioner.set_adapter(str(trained.adapter))  # the adapter merged in: nothing to do
+    captioner.set_adapter(str(trained.adapter))  # the adapter merged in, or none (the export as it is): no-ops
+    captioner.set_adapter(None)
     with pytest.raises(ConfigError, match="adapters cannot change at run time"):
-        captioner.set_adapter(None)
+        captioner.set_adapter(str(trained.base / "config.json"))
     with pytest.raises(ConfigError, match="greedily; num_beams must be 1"):
         captioner.num_beams = 3
     with pytest.raises(ConfigError, match="max_new_tokens"):

@@ -166,7 +166,13 @@ def _quantize_int8(source: Path, target: Path) -> None:
     """onnxruntime's dynamic quantization: int8 weights (per tensor) for every MatMul, uint8 activations."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs every tensor it skips, and advice, on the root logger
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    finally:
+        root.setLevel(level)
 
 
 def _manifest(bundle: BlipBundle, out: Path, adapter: str | None, dtype: str, quantize: str | None,

@@ -135,15 +135,14 @@ class OrtCaptioner:
         return self.manifest.shapes.max_positions - 1 - len(self._prompt_ids(prompt))
 
     def set_adapter(self, path: str | Path | None, merge: bool = True) -> None:
-        """The adapter is merged at export: only the same adapter (same sha256) is accepted, as a no-op;
-        anything else raises ConfigError saying to export again."""
+        """The adapter is merged at export, so only two values keep the export as it is (no-ops): none (the
+        export as exported) and the merged adapter's own file (same sha256). Another adapter raises ConfigError
+        saying to export again."""
         m = self.manifest
-        if not path and not m.adapter:
-            return
-        if path and merge and m.adapter_sha256 and _sha256(path) == m.adapter_sha256:
+        if not path or (merge and m.adapter_sha256 and _sha256(path) == m.adapter_sha256):
             return
         merged = f"adapter {m.adapter} merged in" if m.adapter else "no adapter"
-        wanted = f"adapter {path}" if path else "the base model alone"
+        wanted = f"adapter {path}"
         raise ConfigError(f"{self.folder} is an ONNX export with {merged}; {wanted} needs another export "
                           "(blip-lora export --format onnx --adapter ...): adapters cannot change at run time")
 

@@ -91,6 +91,10 @@ class Captioner:
     def num_beams(self, value: int) -> None:
         self.settings = self.settings.with_changes(num_beams=value)
 
+    def max_new_tokens_limit(self, prompt: str | None) -> int:
+        """The most new tokens the text decoder's positions hold after the start token and ``prompt``."""
+        return self._spec.max_length - 1 - len(self._prompt_ids(prompt))
+
     def set_adapter(self, path: str | Path | None, merge: bool = True) -> None:
         """Swap the LoRA adapter (None: the base model alone) without reloading the base model.
 

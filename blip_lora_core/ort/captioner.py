@@ -136,14 +136,19 @@ class OrtCaptioner:
 
     def set_adapter(self, path: str | Path | None, merge: bool = True) -> None:
         """The adapter is merged at export, so only two values keep the export as it is (no-ops): none (the
-        export as exported) and the merged adapter's own file (same sha256). Another adapter raises ConfigError
-        saying to export again."""
+        export as exported) and the merged adapter's own file (same sha256); check_adapter refuses the rest."""
+        if not merge and path:
+            raise ConfigError(f"{self.folder}: the adapter is merged into the exported weights; merge=False "
+                              "(hooks) needs the torch captioner")
+        self.check_adapter(path)
+
+    def check_adapter(self, path: str | Path | None) -> None:
+        """ConfigError unless ``path`` is none or the merged adapter's file; cheap (a file hash, no model work)."""
         m = self.manifest
-        if not path or (merge and m.adapter_sha256 and _sha256(path) == m.adapter_sha256):
+        if not path or (m.adapter_sha256 and _sha256(path) == m.adapter_sha256):
             return
         merged = f"adapter {m.adapter} merged in" if m.adapter else "no adapter"
-        wanted = f"adapter {path}"
-        raise ConfigError(f"{self.folder} is an ONNX export with {merged}; {wanted} needs another export "
+        raise ConfigError(f"{self.folder} is an ONNX export with {merged}; adapter {path} needs another export "
                           "(blip-lora export --format onnx --adapter ...): adapters cannot change at run time")
 
     def describe(self) -> str:

@@ -109,10 +109,12 @@ class LiveCaptioner:
             return (f"max_new_tokens {values['max_new_tokens']} is more than the model's text positions leave "
                     f"after {prompt}the start token: at most {limit}")
         if changes.get("adapter"):
-            from ..lora.adapter_io import read_adapter  # torch: not imported by an ONNX export's node
-
+            # a captioner may say itself which adapters it takes (the ONNX one: only the one merged at export)
+            check_adapter = getattr(self.captioner, "check_adapter", None)
+            if check_adapter is None:
+                from ..lora.adapter_io import read_adapter as check_adapter  # torch: not for an ONNX export's node
             try:
-                read_adapter(changes["adapter"])
+                check_adapter(changes["adapter"])
             except (BlipLoraError, OSError) as error:
                 kept = self._adapter.path or "the base model"
                 return f"adapter {changes['adapter']!r} not loaded, kept {kept!r}: {error}"

@@ -84,7 +84,8 @@ class LiveCaptioner:
 
     @property
     def device(self) -> str:
-        return str(getattr(getattr(self.captioner, "model", None), "device", "unknown"))
+        model = getattr(self.captioner, "model", None)  # the torch Captioner's model, or the ONNX captioner's device
+        return str(getattr(model, "device", None) or getattr(self.captioner, "device", "unknown"))
 
     def settings(self) -> dict[str, Any]:
         """prompt, max_new_tokens, num_beams, adapter and merge: in force, or queued to be."""

@@ -8,9 +8,11 @@ every stamped caption's age).
 A frame: {kind: image|compressed, encoding/height/width/step or format, data_b64, sec, nanosec, frame_id,
 reliable (default false: best effort), stamp_now (stamp it with the current time at each publish), expect
 (default true: publish again every 0.5 s until its caption comes back on caption_topic/stamped, matched by
-stamp; false: publish `repeat` times)}. With bridge: true each reported frame carries `bridge_b64` and
-`bridge_shape`: the image as the real cv_bridge decodes it (`imgmsg_to_cv2(msg, "rgb8")`,
-`compressed_imgmsg_to_cv2`), the independent expectation of what the node sees.
+stamp; false: publish `repeat` times), once (publish it a single time, then wait for its caption: a lost
+frame fails), fill (instead of data_b64: seeded random bytes, height * step of them; for large frames)}.
+With bridge: true each reported frame carries `bridge_b64` and `bridge_shape`: the image as the real
+cv_bridge decodes it (`imgmsg_to_cv2(msg, "rgb8")`, `compressed_imgmsg_to_cv2`), the independent
+expectation of what the node sees.
 Prints one JSON line: frames, captions, diagnostics, ages.
 """
 
@@ -32,7 +34,11 @@ from std_msgs.msg import String
 
 
 def _message(frame: dict):
-    data = array.array("B", base64.b64decode(frame["data_b64"]))
+    if "fill" in frame:
+        pixels = np.random.default_rng(frame["fill"]).integers(0, 256, frame["height"] * frame["step"], np.uint8)
+        data = array.array("B", pixels.tobytes())
+    else:
+        data = array.array("B", base64.b64decode(frame["data_b64"]))
     if frame["kind"] == "image":
         msg = Image(height=frame["height"], width=frame["width"], encoding=frame["encoding"], step=frame["step"],
                     is_bigendian=0, data=data)
@@ -133,9 +139,14 @@ class Probe:
                 self.spin_for(0.1)
             return None
         end = time.monotonic() + self.spec.get("frame_timeout_s", 30.0)
+        if frame.get("once"):
+            publisher.publish(msg)
         while not sent & set(self.stamped):
             if time.monotonic() > end:
                 raise SystemExit(f"no caption for frame {frame['frame_id']} within the timeout")
+            if frame.get("once"):
+                self.spin_for(0.1)
+                continue
             if frame.get("stamp_now"):
                 msg.header.stamp = self.node.get_clock().now().to_msg()
                 sent.add((msg.header.stamp.sec, msg.header.stamp.nanosec))

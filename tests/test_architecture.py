@@ -9,9 +9,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from blip_lora_training.cli import extra_of_module
+
 CORE = Path(__file__).resolve().parents[1] / "blip_lora_core"
-ROOT_MODULES = {"errors", "atomic", "_compat", "config_mapping"}
-# subpackage -> the parts of the core it may import ("root": errors, atomic, _compat)
+ROOT_MODULES = {"errors", "atomic", "_compat", "settings"}
+# subpackage -> the parts of the core it may import ("root": errors, atomic, _compat, settings)
 ALLOWED = {
     "root": {"root"},
     "lora": {"root"},
@@ -20,13 +22,13 @@ ALLOWED = {
     "export": {"root", "lora", "models", "ort"},
     "runtime": {"root", "lora", "models", "ort"},
     "train": {"root", "lora", "models"},
-    "bags": {"root", "lora", "models", "runtime", "train"},
+    "bags": {"root", "lora", "models", "runtime"},
     "__init__": {"root", "lora"},
 }
 FOREIGN = ("blip_lora_training", "bench", "tests", "blip_captioner")
-# top-level module of an extra -> the parts of the core that may import it
-EXTRAS = {"pycocoevalcap": {"train"}, "matplotlib": {"train"}, "tqdm": {"train"}, "rosbags": {"bags"},
-          "onnx": {"export"}, "onnxruntime": {"ort", "export"}}
+EXTRAS = extra_of_module()  # module -> extra, from pyproject.toml through the installed metadata
+# extra -> the parts of the core that may import its modules (an extra is named after its part, or listed here)
+PARTS_OF_EXTRA = {"onnx": {"ort", "export"}}
 # modules that must import neither torch nor transformers when imported (the ONNX Runtime path, the node's image
 # decoding and pipeline); what they import from the core at module level must be torch-free as well
 TORCH_FREE = ("__init__.py", "errors.py", "atomic.py", "config_mapping.py", "models/caption_settings.py",
@@ -89,9 +91,11 @@ def test_runtime_imports_neither_train_nor_bags_and_nothing_imports_the_cli_benc
 
 
 def test_extras_are_imported_only_by_the_parts_that_need_them():
+    assert {"rosbags", "pycocoevalcap"} <= EXTRAS.keys()
     edges = _edges()
-    wrong = sorted(f"{where} imports {n}" for where, names in edges.items() for n in names
-                   if n.split(".")[0] in EXTRAS and where.split(":")[0] not in EXTRAS[n.split(".")[0]])
+    parts = {module: PARTS_OF_EXTRA.get(extra, {extra}) for module, extra in EXTRAS.items()}
+    wrong = sorted(f"{where} imports {n} (the [{EXTRAS[n.split('.')[0]]}] extra)" for where, names in edges.items()
+                   for n in names if n.split(".")[0] in parts and where.split(":")[0] not in parts[n.split(".")[0]])
     assert wrong == []
 
 

@@ -39,8 +39,28 @@ def test_unset_words_become_the_cores_defaults(params):
     assert (settings.prompt, settings.device, settings.dtype, settings.quantize) == (None, None, None, None)
     assert params.live_changes({"adapter": "none", "merge_adapter": False, "max_rate_hz": 1.0}) == \
         {"adapter": "", "merge": False}
-    with pytest.raises(ConfigError, match="dtype must be one of 'auto', 'fp32', 'fp16', 'bf16', got 'fp8'"):
+    with pytest.raises(ConfigError, match="dtype must be one of 'auto', 'fp32', 'float32', 'fp16', 'float16', 'bf16', "
+                                          "'bfloat16', got 'fp8'"):
         params.checked({"dtype": "fp8"})
+
+
+def test_captioning_and_pipeline_parameters_are_declared_by_the_core_settings(params):
+    """help, range, choices and default of each such parameter come from the core's setting (one source);
+    only the unset words and the node's rate are the node's own."""
+    from blip_lora_core.models.caption_settings import CaptionSettings
+    from blip_lora_core.runtime.pipeline import PipelineSettings
+    from blip_lora_core.settings import setting_info
+
+    declared = {**{name: setting_info(CaptionSettings, field) for name, field in params.CAPTION_FIELDS.items()},
+                **{name: setting_info(PipelineSettings, name) for name in ("max_rate_hz", "publish_on_change_only")}}
+    assert set(declared) == {"prompt", "device", "dtype", "quantize", "merge_adapter", "max_new_tokens", "num_beams",
+                             "max_rate_hz", "publish_on_change_only"}
+    for name, info in declared.items():
+        spec, word = params.SPECS[name], params.UNSET.get(name, (None,))[0]
+        assert spec.description.startswith(info.help) and (spec.low, spec.high) == (info.low, info.high), name
+        assert spec.choices == ((word, *info.choices) if word and info.choices else info.choices), name
+        assert spec.default == (2.0 if name == "max_rate_hz" else word if info.default is None else info.default)
+    assert (params.SPECS["num_beams"].high, params.SPECS["max_new_tokens"].high) == (16, 512)
 
 
 @pytest.fixture()
@@ -61,7 +81,7 @@ def test_changes_are_checked_at_once_and_applied_by_the_worker(live, tiny_model_
     assert live.check({"max_new_tokens": 39}) is None
     limit = live.captioner.max_new_tokens_limit("a picture of")
     assert 0 < limit < 39 and live.check({"max_new_tokens": 39, "prompt": "a picture of"}).endswith(f"at most {limit}")
-    assert "num_beams must be an integer in [1, 64]" in live.check({"num_beams": 0})
+    assert "num_beams must be an integer in [1, 16]" in live.check({"num_beams": 0})
     live.queue({"prompt": "a picture of", "max_new_tokens": 5})
     assert live.captioner.prompt is None and live.pending  # nothing applied by the checking thread
     assert live.check({"max_new_tokens": 39}) is not None  # checked against the queued prompt

@@ -44,11 +44,12 @@ def test_top_level_launch_and_config_link_into_the_package():
 
 def _check_install(installed: Path, package: Path) -> None:
     share = installed / "share" / "blip_captioner"
-    for relative in ("package.xml", "launch/blip_captioner.launch.py", "config/captioner.yaml"):
+    for relative in ("package.xml", "launch/blip_captioner.launch.py", "config/captioner.yaml",
+                     "config/cyclonedds.xml"):
         path = share / relative
         assert path.is_file() and not path.is_symlink(), path
         assert path.read_bytes() == (package / relative).read_bytes() and path.stat().st_size > 500, path
-    assert sorted(p.name for p in (share / "config").iterdir()) == ["captioner.yaml"]
+    assert sorted(p.name for p in (share / "config").iterdir()) == ["captioner.yaml", "cyclonedds.xml"]
     assert (installed / "share" / "ament_index" / "resource_index" / "packages" / "blip_captioner").is_file()
     script = installed / "lib" / "blip_captioner" / "blip_captioner"
     assert script.is_file() and os.access(script, os.X_OK)

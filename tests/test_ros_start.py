@@ -102,7 +102,7 @@ def test_a_node_that_dies_at_start_ends_ros2_launch_with_an_error(ros_env, tmp_p
 @pytest.mark.parametrize("params, fatal", [
     (["model:={missing}"], "blip_captioner cannot start: cannot load BLIP model '{missing}'"),
     (["model:={missing}", "dtype:=fp8"], "blip_captioner cannot start: dtype must be one of 'auto', 'fp32', "
-                                         "'fp16', 'bf16', got 'fp8'"),
+                                         "'float32', 'fp16', 'float16', 'bf16', 'bfloat16', got 'fp8'"),
 ])
 def test_a_start_up_failure_is_one_fatal_line_and_exit_1(ros_env, tmp_path, params, fatal):
     missing = tmp_path / "no_model_here"

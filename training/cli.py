@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import importlib.metadata
 import logging
 import os
+import re
 import sys
+import traceback
 
 from blip_lora_core.errors import BlipLoraError
 
@@ -15,9 +19,21 @@ from blip_lora_core.errors import BlipLoraError
 # imports what its extra brings. A command line that names its command imports that command's module
 # only, so `blip-lora caption --model EXPORT` runs where torch is not installed.
 COMMAND_MODULES = ("train", "caption", "eval", "export", "synth", "bag")
-# top-level module -> the pip extra that installs it
-EXTRA_OF_MODULE = {"pycocoevalcap": "train", "matplotlib": "train", "tqdm": "train", "rosbags": "bags",
-                   "onnx": "onnx", "onnxruntime": "onnx"}
+DEV_EXTRAS = ("test",)  # extras for developing blip-lora, not for running a command
+_EXTRA_REQUIREMENT = re.compile(r"""([A-Za-z0-9][A-Za-z0-9._-]*).*;\s*extra\s*==\s*["']([^"']+)["']""")
+
+
+@functools.cache
+def extra_of_module() -> dict[str, str]:
+    """Top-level module -> the pip extra that installs it, read from the installed package's metadata (the
+    extras are written once, in pyproject.toml). Module names are the distribution names in lower case
+    with - as _ (true of every extra's dependency)."""
+    found = {}
+    for requirement in importlib.metadata.requires("blip-lora") or []:
+        match = _EXTRA_REQUIREMENT.match(requirement)
+        if match and match[2] not in DEV_EXTRAS:
+            found[match[1].lower().replace("-", "_")] = match[2]
+    return found
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -26,7 +42,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="blip-lora",
         description="Fine-tune BLIP image captioning with hook-based LoRA adapters, and use them.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", "--debug", dest="verbose", action="store_true",
+                        help="log debug messages; on an error, also print the traceback with its causes")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES if only not in COMMAND_MODULES else (only,):
         importlib.import_module(f"blip_lora_training.commands.{name}").register(subparsers)
@@ -54,13 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ModuleNotFoundError as error:
         package = (error.name or "").partition(".")[0]
-        extra = EXTRA_OF_MODULE.get(package)
+        extra = extra_of_module().get(package)
         if extra is None:
             raise
         print(f"blip-lora {args.command}: error: this command needs the [{extra}] extra ({package} is not "
               f"installed): pip install 'blip-lora[{extra}]'", file=sys.stderr)
         return 2
     except BlipLoraError as error:
+        if args.verbose:  # the whole chain: what went wrong underneath (a YAML parser's, safetensors' error)
+            traceback.print_exception(error, file=sys.stderr)
         print(f"blip-lora {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:

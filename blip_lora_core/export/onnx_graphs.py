@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.static_decoder import causal_mask, cross_kv, embed_tokens, project_kv, text_layer
+from ..models.blip_internals import text_decoder_parts
+from ..models.static_decoder import causal_mask, cross_kv, embed_tokens, split_heads, text_layer
 
 VISION_INPUTS = ["pixel_values"]
 VISION_OUTPUTS = ["cross_keys", "cross_values"]
@@ -34,9 +35,11 @@ class VisionGraph(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        text = model.config.text_config
+        self.heads, self.head_dim = text.num_attention_heads, text.hidden_size // text.num_attention_heads
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = cross_kv(self.model, pixel_values)
+        pairs = cross_kv(self.model, text_decoder_parts(self.model), pixel_values, self.heads, self.head_dim)
         return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
 
 
@@ -46,20 +49,24 @@ class DecoderGraph(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        text = model.config.text_config
+        self.heads, self.head_dim = text.num_attention_heads, text.hidden_size // text.num_attention_heads
 
     def forward(self, input_ids: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor,
                 cross_keys: torch.Tensor, cross_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        bert = self.model.text_decoder.bert
+        parts = text_decoder_parts(self.model)
         past = past_keys.shape[3]
         pos = torch.arange(input_ids.shape[1], device=input_ids.device) + past
-        hidden = embed_tokens(bert, input_ids, pos)
+        hidden = embed_tokens(parts, input_ids, pos)
         mask = causal_mask(pos, torch.arange(past + input_ids.shape[1], device=input_ids.device), hidden.dtype)
         keys, values = [], []
-        for index, layer in enumerate(bert.encoder.layer):
-            new_keys, new_values = project_kv(layer.attention.self, hidden)
+        for index, layer in enumerate(parts.layers):
+            own = layer.self_attention
+            new_keys = split_heads(own.key(hidden), self.heads, self.head_dim)
+            new_values = split_heads(own.value(hidden), self.heads, self.head_dim)
             keys.append(torch.cat([past_keys[index], new_keys], dim=2))
             values.append(torch.cat([past_values[index], new_values], dim=2))
             hidden = text_layer(layer, hidden, (keys[-1], values[-1]), (cross_keys[index], cross_values[index]),
-                                mask)
-        logits = self.model.text_decoder.cls(hidden[:, -1:])[:, -1].float()
+                                mask, self.heads, self.head_dim)
+        logits = parts.lm_head(hidden[:, -1:])[:, -1].float()
         return logits, torch.stack(keys), torch.stack(values)

@@ -36,7 +36,7 @@ class Captioner:
 
     ``settings`` (CaptionSettings) holds prompt, lengths, beams, merge and quantize; keyword overrides
     replace fields of it. prompt, max_new_tokens and num_beams can be set as attributes (validated).
-    device and dtype only matter to from_pretrained: a bundle is used where it already is.
+    device, dtype and attention only matter to from_pretrained: a bundle is used as it is.
     """
 
     def __init__(self, bundle: BlipBundle, settings: CaptionSettings | None = None, **overrides):
@@ -53,7 +53,8 @@ class Captioner:
     def from_pretrained(cls, model: str, settings: CaptionSettings | None = None, *, adapter: str | None = None,
                         revision: str | None = None, **overrides) -> Captioner:
         settings = (settings or CaptionSettings()).with_changes(**overrides)
-        bundle = load_blip(model, dtype=settings.dtype, device=settings.device, revision=revision)
+        bundle = load_blip(model, dtype=settings.dtype, device=settings.device, revision=revision,
+                           attention=settings.attention)
         if bundle.model.dtype == torch.bfloat16 and bundle.model.device.type == "cpu" and not cpu_has_bf16():
             log.warning("dtype bf16 on a CPU without AVX512-BF16/AMX: emulated, likely slower than fp32")
         captioner = cls(bundle, settings)

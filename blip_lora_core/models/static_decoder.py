@@ -7,9 +7,9 @@ new tokens) and replayed; batches are padded to the next bucket (1, 2, 4, 8, ...
 every batch size. On the CPU it runs eagerly, at the exact batch size, and stops once every row has ended.
 
 It reads the text decoder's submodules (embeddings, per-layer query/key/value, attention output, feed
-forward, LM head) and reproduces transformers' eager attention (matmul, scale, additive mask, softmax,
-matmul); ``blocker()`` names what it does not reproduce (beams, sampling, other logits processors), in
-which case callers use ``generate()``.
+forward, LM head: ``blip_internals.text_decoder_parts``) and reproduces transformers' eager attention
+(matmul, scale, additive mask, softmax, matmul); ``blocker()`` names what it does not reproduce (beams,
+sampling, other logits processors), in which case callers use ``generate()``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .._compat import TRANSFORMERS_MAJOR
+from .blip_internals import AttentionParts, TextDecoderParts, TextLayerParts, text_decoder_parts
 
 log = logging.getLogger(__name__)
 
@@ -61,50 +62,40 @@ def unsupported_generation(model) -> str | None:
     return None
 
 
-def bucket(batch: int, buckets: Sequence[int] = BATCH_BUCKETS) -> int:
-    """The smallest bucket holding ``batch`` rows (batch itself beyond the largest)."""
-    return next((b for b in buckets if b >= batch), batch)
-
-
-# ---------------------------------------------------------------- one decoding step, built from the model's modules
+# ---------------------------------------------------------------- one decoding step, built from the model's parts
 # (also traced by the ONNX export, blip_lora_core/export/onnx_graphs.py, so both run the same computation)
 
 
-def split_heads(x: torch.Tensor, attention) -> torch.Tensor:
-    """(B, T, hidden) -> (B, heads, T, head_dim) for one BLIP text self-attention module."""
-    return x.view(x.shape[0], x.shape[1], attention.num_attention_heads, attention.attention_head_size).transpose(1, 2)
+def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """(B, T, hidden) -> (B, heads, T, head_dim)."""
+    return x.view(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
 
 
-def project_kv(attention, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden (B, T, hidden) -> the attention module's keys and values, each (B, heads, T, head_dim)."""
-    return split_heads(attention.key(hidden), attention), split_heads(attention.value(hidden), attention)
-
-
-def cross_kv(model, pixel_values: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """pixel_values (B, 3, S, S) -> per text layer, the cross-attention keys and values of the image
-    (each (B, heads, N, head_dim), N image tokens): computed once per image."""
-    image = model.vision_model(pixel_values=pixel_values)[0]
-    return [project_kv(layer.crossattention.self, image) for layer in model.text_decoder.bert.encoder.layer]
-
-
-def embed_tokens(bert, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def embed_tokens(parts: TextDecoderParts, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """tokens (B, T) at positions pos (T,) -> the text decoder's input embeddings (B, T, hidden)."""
-    embed = bert.embeddings
-    return embed.LayerNorm(embed.word_embeddings(tokens) + embed.position_embeddings(pos)[None])
+    return parts.embeddings_norm(parts.word_embeddings(tokens) + parts.position_embeddings(pos)[None])
 
 
 def causal_mask(pos: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(1, 1, T, L) additive mask: query at pos[i] sees key position j when j <= pos[i], -inf elsewhere."""
+    """(1, 1, T, L) additive mask: the query at pos[i] sees key position j when j <= pos[i], -inf elsewhere."""
     mask = torch.zeros(pos.shape[0], positions.shape[0], dtype=dtype, device=pos.device)
     return mask.masked_fill(positions[None, :] > pos[:, None], float("-inf"))[None, None]
 
 
-def attend(attention, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-           mask: torch.Tensor | None = None) -> torch.Tensor:
+def cross_kv(model, parts: TextDecoderParts, pixel_values: torch.Tensor, heads: int,
+             head_dim: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """pixel_values (B, 3, S, S) -> per text layer, the image's cross-attention keys and values, each
+    (B, heads, N, head_dim): computed once per image."""
+    image = model.vision_model(pixel_values=pixel_values)[0]
+    return [(split_heads(layer.cross_attention.key(image), heads, head_dim),
+             split_heads(layer.cross_attention.value(image), heads, head_dim)) for layer in parts.layers]
+
+
+def attend(attention: AttentionParts, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, heads: int,
+           head_dim: int, mask: torch.Tensor | None = None) -> torch.Tensor:
     """transformers' eager BLIP text attention + its output block, on given K/V (B, heads, L, head_dim)."""
-    own = attention.self
-    query = split_heads(own.query(hidden), own)
-    scores = torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(own.attention_head_size)
+    query = split_heads(attention.query(hidden), heads, head_dim)
+    scores = torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(head_dim)
     if mask is not None:
         scores = scores + mask
     context = torch.matmul(torch.softmax(scores, dim=-1), values)
@@ -112,13 +103,19 @@ def attend(attention, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Te
     return attention.output(context, hidden)
 
 
-def text_layer(layer, hidden: torch.Tensor, own_kv: tuple[torch.Tensor, torch.Tensor],
-               image_kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+def text_layer(layer: TextLayerParts, hidden: torch.Tensor, own_kv: tuple[torch.Tensor, torch.Tensor],
+               image_kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor, heads: int,
+               head_dim: int) -> torch.Tensor:
     """One BERT layer of the text decoder: masked self-attention over own_kv (the tokens so far, this step's
-    included), cross-attention over the image's K/V, feed-forward. hidden (B, T, hidden) -> (B, T, hidden)."""
-    hidden = attend(layer.attention, hidden, *own_kv, mask)
-    hidden = attend(layer.crossattention, hidden, *image_kv)
+    included), cross-attention over the image's K/V, feed forward. hidden (B, T, hidden) -> (B, T, hidden)."""
+    hidden = attend(layer.self_attention, hidden, *own_kv, heads, head_dim, mask)
+    hidden = attend(layer.cross_attention, hidden, *image_kv, heads, head_dim)
     return layer.output(layer.intermediate(hidden), hidden)
+
+
+def bucket(batch: int, buckets: Sequence[int] = BATCH_BUCKETS) -> int:
+    """The smallest bucket holding ``batch`` rows (batch itself beyond the largest)."""
+    return next((b for b in buckets if b >= batch), batch)
 
 
 @dataclass
@@ -162,21 +159,23 @@ class StaticGreedyDecoder:
 
     # ------------------------------------------------------------ the computation
 
-    def _forward(self, plan: _Plan, tokens: torch.Tensor, pos: torch.Tensor, cross: list,
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return split_heads(x, self.heads, self.head_dim)
+
+    def _forward(self, plan: _Plan, parts: TextDecoderParts, tokens: torch.Tensor, pos: torch.Tensor, cross: list,
                  first_eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, T) at positions pos (T,) -> next-token ids (B,) and their log-probabilities (B,) under the
         model's distribution (before the min_new_tokens [SEP] ban); writes the tokens' K/V into the caches."""
-        bert = self.model.text_decoder.bert
-        hidden = embed_tokens(bert, tokens, pos)
-        positions = torch.arange(plan.keys.shape[3], device=tokens.device)
-        mask = causal_mask(pos, positions, hidden.dtype)
-        for index, layer in enumerate(bert.encoder.layer):
-            keys, values = project_kv(layer.attention.self, hidden)
+        hidden = embed_tokens(parts, tokens, pos)
+        mask = causal_mask(pos, torch.arange(plan.keys.shape[3], device=tokens.device), hidden.dtype)
+        for index, layer in enumerate(parts.layers):
+            own = layer.self_attention
             # .to: under autocast the projections come out in bf16/fp16 while the cache has the weights' dtype
-            plan.keys[index].index_copy_(2, pos, keys.to(plan.keys.dtype))
-            plan.values[index].index_copy_(2, pos, values.to(plan.values.dtype))
-            hidden = text_layer(layer, hidden, (plan.keys[index], plan.values[index]), cross[index], mask)
-        logits = self.model.text_decoder.cls(hidden[:, -1:])[:, -1].float()
+            plan.keys[index].index_copy_(2, pos, self._split(own.key(hidden)).to(plan.keys.dtype))
+            plan.values[index].index_copy_(2, pos, self._split(own.value(hidden)).to(plan.values.dtype))
+            hidden = text_layer(layer, hidden, (plan.keys[index], plan.values[index]), cross[index], mask,
+                                self.heads, self.head_dim)
+        logits = parts.lm_head(hidden[:, -1:])[:, -1].float()
         log_probs = torch.log_softmax(logits, dim=-1)
         if first_eos:
             logits[:, self.eos] = float("-inf")
@@ -185,7 +184,8 @@ class StaticGreedyDecoder:
 
     def _run(self, plan: _Plan, min_new_tokens: int, stop_early: bool) -> int:
         """plan.pixels, plan.prompt -> plan.out; returns how many tokens were generated."""
-        cross = cross_kv(self.model, plan.pixels)
+        parts = text_decoder_parts(self.model)
+        cross = cross_kv(self.model, parts, plan.pixels, self.heads, self.head_dim)
         start = plan.prompt.shape[1]
         new_tokens = plan.out.shape[1] - start
         plan.out[:, :start] = plan.prompt
@@ -197,7 +197,7 @@ class StaticGreedyDecoder:
             done[plan.live:] = True  # padding rows never hold the batch up
         for step in range(new_tokens):
             at = start + step
-            token, log_prob = self._forward(plan, tokens, pos, cross, first_eos=step < min_new_tokens)
+            token, log_prob = self._forward(plan, parts, tokens, pos, cross, first_eos=step < min_new_tokens)
             # rows that ended get (and are fed) [PAD], as generate() does: with int8 activations quantized per
             # tensor, what one row is fed changes the others' numbers
             plan.out[:, at] = token.masked_fill(done, self.pad)
@@ -219,7 +219,7 @@ class StaticGreedyDecoder:
             self._plans.popitem(last=False)
         param = next(self.model.parameters())
         dtype = param.dtype if param.is_floating_point() else torch.float32
-        layers = len(self.model.text_decoder.bert.encoder.layer)
+        layers = len(text_decoder_parts(self.model).layers)
         size = self.model.config.vision_config.image_size
         length = 1 + prompt_length + new_tokens
         keys = torch.zeros(layers, batch, self.heads, length, self.head_dim, device=self.device, dtype=dtype)

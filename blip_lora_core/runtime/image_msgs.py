@@ -250,7 +250,7 @@ def _check_declared_size(buf: np.ndarray, what: str) -> None:
         with Image.open(io.BytesIO(buf.tobytes())) as header:
             width, height = header.size
     except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"{what}: refused as a decompression bomb ({error})") from None
+        raise ImageDecodeError(f"{what}: refused as a decompression bomb ({error})") from error
     except (OSError, ValueError):
         return  # not readable by PIL either: OpenCV's own checks decide
     if width * height > MAX_COMPRESSED_PIXELS:

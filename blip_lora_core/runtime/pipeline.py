@@ -13,16 +13,16 @@ header, its stamp, the text, the confidence, decode and inference times).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import ImageDecodeError
+from ..settings import check_settings, setting, setting_info
 from .image_msgs import decode_message
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,21 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 CaptionFn = Callable[[Any], Any]
 """(H, W, 3) uint8 RGB -> a result with ``text`` and ``confidence`` (a core CaptionResult), or a plain str."""
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The pipeline's settings that the node's parameters and the bag tools' options declare with it."""
+
+    SECTION: ClassVar[str] = "pipeline"
+    max_rate_hz: float = setting(0.0, "at most this many captions a second of the rate clock (ROS time in the node, "
+                                      "sim time in a replay, bag time in bag caption); 0: as fast as the model goes",
+                                 low=0, high=1000)
+    publish_on_change_only: bool = setting(False, "publish a caption only when it differs from the last one",
+                                           flag="--on-change")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass(frozen=True)
@@ -278,8 +293,9 @@ class CaptionPipeline:
 
     @max_rate_hz.setter
     def max_rate_hz(self, value: float) -> None:
-        if not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"max_rate_hz must be a finite number >= 0 (0: unlimited), got {value!r}")
+        problem = setting_info(PipelineSettings, "max_rate_hz").problem(value)
+        if problem:
+            raise ValueError(f"max_rate_hz {problem}")
         self._max_rate_hz = float(value)
 
     def submit(self, msg: Any, stamp: float | None = None) -> None:

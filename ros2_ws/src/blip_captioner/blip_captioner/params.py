@@ -1,4 +1,5 @@
-"""The node's parameters (no rclpy here): one table, its defaults from the core's CaptionSettings, and checks.
+"""The node's parameters (no rclpy here): one table, the captioning and pipeline ones declared by the core's
+settings (CaptionSettings, PipelineSettings: help, default, range, choices), and checks.
 
 Topics are not parameters: the node subscribes to ``image`` and publishes ``caption`` (relative names, so a
 namespace and ``--ros-args -r image:=/cam/image_raw`` move them); QoS is set through the standard
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from blip_lora_core.errors import ConfigError
-from blip_lora_core.models.caption_settings import BLIP_LARGE, QUANTIZE_CHOICES, CaptionSettings
+from blip_lora_core.models.caption_settings import BLIP_LARGE, CaptionSettings
+from blip_lora_core.runtime.pipeline import PipelineSettings
+from blip_lora_core.settings import setting_info
 
 
 @dataclass(frozen=True)
@@ -31,30 +34,39 @@ class ParamSpec:
 # No parameter defaults to '' (Humble's `ros2 param load` cannot read an empty string back from a dump):
 # the words below stand for "not set" and become the core's default
 NONE, AUTO = "none", "auto"
-UNSET = {"adapter": (NONE, ""), "prompt": (NONE, ""), "device": (AUTO, ""), "dtype": (AUTO, ""),
-         "quantize": (NONE, "")}
-_CAPTION = CaptionSettings()  # the caption defaults, shared with the command line
+_UNSET_WORDS = {"adapter": NONE, "prompt": NONE, "device": AUTO, "dtype": AUTO, "quantize": NONE}
+UNSET = {name: (word, "") for name, word in _UNSET_WORDS.items()}
+CAPTION_FIELDS: dict[str, str] = {}  # parameter name -> CaptionSettings field, filled by _declared
+
+
+def _declared(cls: type, field: str, name: str | None = None, *, runtime: bool = False,
+              default: bool | int | float | str | None = None) -> ParamSpec:
+    """A parameter declared by a setting of the core (blip_lora_core.settings): its help, range, choices and
+    default (an unset default becomes the parameter's word for unset; ``default`` replaces the core's)."""
+    info, name = setting_info(cls, field), name or field
+    word = _UNSET_WORDS.get(name)
+    if cls is CaptionSettings:
+        CAPTION_FIELDS[name] = field
+    value = info.default if default is None else default
+    low, high = (None if bound is None else info.kind(bound) for bound in (info.low, info.high))  # ROS: typed
+    return ParamSpec(name, word if value is None else value,
+                     f"{info.help}; {word} or empty means unset" if word else info.help, runtime,
+                     low, high, (word, *info.choices) if word and info.choices else info.choices)
+
+
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("model", BLIP_LARGE, "BLIP base model: a hub id or a local folder, or an ONNX export folder "
               "(blip-lora export --format onnx: ONNX Runtime, no torch; its adapter is merged in)"),
     ParamSpec("adapter", NONE, "LoRA adapter file; none (or empty): the base model alone", runtime=True),
-    ParamSpec("prompt", NONE, "text every caption starts with (e.g. 'a picture of'); none (or empty): no prompt",
-              runtime=True),
-    ParamSpec("device", AUTO, "torch device (cuda, cuda:1, cpu); auto: cuda when present, else cpu"),
-    ParamSpec("dtype", AUTO, "fp32, fp16 or bf16; auto: fp16 on a GPU, fp32 on the CPU",
-              choices=(AUTO, "fp32", "fp16", "bf16")),
-    ParamSpec("quantize", NONE, "int8: dynamic int8 linear layers (CPU, fp32, merged adapter); none: no",
-              choices=(NONE,) + QUANTIZE_CHOICES),
-    ParamSpec("merge_adapter", _CAPTION.merge, "merge the adapter into the weights (faster) instead of hooks",
-              runtime=True),
-    ParamSpec("max_new_tokens", _CAPTION.max_new_tokens, "longest caption, in tokens (at most the model's text "
-              "positions minus the start token and the prompt)", runtime=True, low=1, high=512),
-    ParamSpec("num_beams", _CAPTION.num_beams, "beam search width; 1: greedy (fast static-cache decoder)",
-              runtime=True, low=1, high=16),
-    ParamSpec("max_rate_hz", 2.0, "at most this many captions a second of ROS time (sim time in a replay); "
-              "0.0: as fast as the model goes", runtime=True, low=0.0, high=1000.0),
-    ParamSpec("publish_on_change_only", False, "publish a caption only when it differs from the last one",
-              runtime=True),
+    _declared(CaptionSettings, "prompt", runtime=True),
+    _declared(CaptionSettings, "device"),
+    _declared(CaptionSettings, "dtype"),
+    _declared(CaptionSettings, "quantize"),
+    _declared(CaptionSettings, "merge", "merge_adapter", runtime=True),
+    _declared(CaptionSettings, "max_new_tokens", runtime=True),
+    _declared(CaptionSettings, "num_beams", runtime=True),
+    _declared(PipelineSettings, "max_rate_hz", runtime=True, default=2.0),  # a robot: 2 captions a second
+    _declared(PipelineSettings, "publish_on_change_only", runtime=True),
     ParamSpec("compressed", False, "subscribe to sensor_msgs/CompressedImage on image/compressed (jpeg/png/tiff) "
               "instead of sensor_msgs/Image on image"),
     ParamSpec("foxglove_annotations", False, "also publish foxglove_msgs/ImageAnnotations on caption/annotations "
@@ -66,8 +78,7 @@ SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
 RUNTIME: frozenset[str] = frozenset(spec.name for spec in PARAMS if spec.runtime)
 FLOATS: frozenset[str] = frozenset(spec.name for spec in PARAMS if isinstance(spec.default, float))
 # parameter name -> LiveCaptioner setting
-LIVE_NAMES = {"adapter": "adapter", "merge_adapter": "merge", "prompt": "prompt", "max_new_tokens": "max_new_tokens",
-              "num_beams": "num_beams"}
+LIVE_NAMES = {"adapter": "adapter", **{name: field for name, field in CAPTION_FIELDS.items() if name in RUNTIME}}
 
 
 def checked(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,10 +98,8 @@ def core_value(name: str, value: Any) -> Any:
 
 def caption_settings(values: Mapping[str, Any]) -> CaptionSettings:
     """Parameter values -> validated CaptionSettings; batches of one frame."""
-    values = {name: core_value(name, value) for name, value in values.items()}
-    return CaptionSettings(prompt=values["prompt"], max_new_tokens=values["max_new_tokens"],
-                           num_beams=values["num_beams"], device=values["device"], dtype=values["dtype"],
-                           merge=values["merge_adapter"], quantize=values["quantize"], batch_size=1)
+    return CaptionSettings(**{field: core_value(name, values[name]) for name, field in CAPTION_FIELDS.items()},
+                           batch_size=1)
 
 
 def live_changes(changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,11 +6,16 @@
     ros2 launch blip_captioner blip_captioner.launch.py namespace:=cam2      # /cam2/blip_captioner, /cam2/caption
     ros2 launch blip_captioner blip_captioner.launch.py use_sim_time:=true   # replaying a bag with --clock
     ros2 launch blip_captioner blip_captioner.launch.py autostart:=false     # then: ros2 lifecycle set ...
+    ros2 launch blip_captioner blip_captioner.launch.py cyclonedds_uri:=none # Cyclone DDS's built-in defaults
 
 An argument left empty (the default) keeps the value from params_file, so the YAML stays the one place where
 defaults live. image_topic and caption_topic remap the node's relative topics ``image`` and ``caption``
 (the stamped and annotation topics are sub-names of caption and follow it). When the node dies at start-up,
 the launch ends with a non-zero exit status.
+
+Cyclone DDS configuration of the node: CYCLONEDDS_URI from the environment when it is set, else the package's
+config/cyclonedds.xml (a 64 MiB socket receive buffer requested: HD frames from best-effort and reliable
+cameras arrive; see the README's QoS paragraph); the cyclonedds_uri argument overrides both.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ REMAPPINGS = {"image_topic": ("image", "camera topic, e.g. /camera/color/image_r
                                         "node's namespace)"),
               "caption_topic": ("caption", "caption topic; <caption_topic>/stamped carries the Caption messages "
                                            "(default: caption in the node's namespace)")}
+CYCLONEDDS_FILE = "cyclonedds.xml"  # in the package's config/
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -54,8 +60,8 @@ def _convert(name: str, kind: type, text: str) -> str | bool | float:
     if kind is float:
         try:
             return float(text)
-        except ValueError:
-            raise ValueError(f"launch argument {name}:={text!r} must be a number") from None
+        except ValueError as error:
+            raise ValueError(f"launch argument {name}:={text!r} must be a number") from error
     return text
 
 
@@ -71,6 +77,15 @@ def remappings(arguments: dict[str, str]) -> list[tuple[str, str]]:
             if arguments.get(name, "").strip()]
 
 
+def cyclonedds_uri(argument: str, environment: dict[str, str], shipped: str) -> str:
+    """The node's CYCLONEDDS_URI: the argument ('none': Cyclone's built-in defaults), else the environment's,
+    else the package's file."""
+    argument = argument.strip()
+    if argument:
+        return "" if argument.lower() == "none" else argument
+    return environment.get("CYCLONEDDS_URI") or f"file://{shipped}"
+
+
 def _fail_on_a_dead_node(event, context) -> None:
     """A node that exits with an error while nobody asked the launch to stop ends it with exit status 1."""
     if event.returncode and not context.is_shutdown:
@@ -80,10 +95,12 @@ def _fail_on_a_dead_node(event, context) -> None:
 def _node(context, *args, **kwargs) -> list:
     given = {name: LaunchConfiguration(name).perform(context) for name in [*PARAMETERS, *REMAPPINGS, "autostart"]}
     parameters = {**parameter_overrides(given), "autostart": _convert("autostart", bool, given["autostart"])}
+    shipped = os.path.join(get_package_share_directory(PACKAGE), "config", CYCLONEDDS_FILE)
+    dds = cyclonedds_uri(LaunchConfiguration("cyclonedds_uri").perform(context), dict(os.environ), shipped)
     node = Node(package=PACKAGE, executable=PACKAGE, name=PACKAGE,
                 namespace=LaunchConfiguration("namespace").perform(context), output="screen", emulate_tty=True,
                 parameters=[LaunchConfiguration("params_file").perform(context), parameters],
-                remappings=remappings(given))
+                remappings=remappings(given), additional_env={"CYCLONEDDS_URI": dds})
     return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_fail_on_a_dead_node))]
 
 
@@ -94,7 +111,10 @@ def generate_launch_description() -> LaunchDescription:
                  DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and "
                                        "its relative topics (image, caption)"),
                  DeclareLaunchArgument("autostart", default_value="true", description="true: configure and "
-                                       "activate at once; false: wait for ros2 lifecycle set")]
+                                       "activate at once; false: wait for ros2 lifecycle set"),
+                 DeclareLaunchArgument("cyclonedds_uri", default_value="", description="Cyclone DDS "
+                                       "configuration of the node (empty: $CYCLONEDDS_URI, else the package's "
+                                       f"config/{CYCLONEDDS_FILE}; none: Cyclone's defaults)")]
     arguments += [DeclareLaunchArgument(name, default_value="", description=f"{text} (empty: from params_file)")
                   for name, (_, text) in PARAMETERS.items()]
     arguments += [DeclareLaunchArgument(name, default_value="", description=text)

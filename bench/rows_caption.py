@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 
 import torch
 
@@ -125,8 +126,10 @@ def fast_rows(quick: bool) -> list[Row]:
     return rows
 
 
-def _seed_blocks_model(quick: bool):
-    """(base folder, adapter, validation samples): the demo's tiny base LoRA-trained on seed_blocks."""
+@functools.cache
+def seed_blocks_model(quick: bool):
+    """(base folder, adapter, validation samples): the demo's tiny base LoRA-trained on seed_blocks (once a run;
+    rows_onnx uses it too)."""
     from blip_lora_core.train.data import read_jsonl
 
     from . import seed_blocks_experiment as experiment
@@ -143,7 +146,7 @@ def precision_rows(quick: bool) -> list[Row]:
     from blip_lora_core.models.images import load_image
     from blip_lora_core.models.loading import load_blip
 
-    base, adapter, val = _seed_blocks_model(quick)
+    base, adapter, val = seed_blocks_model(quick)
     bundle = load_blip(base, device="cpu", dtype="fp32")
     captioners = _variants(bundle, 12, 32)
     for captioner in captioners.values():

@@ -22,10 +22,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def all_rows() -> dict[str, Callable[[bool], list[Row]]]:
     """Row id -> function(quick) returning its rows, in table order."""
-    from . import rows_caption, rows_data, rows_infer, rows_lora, rows_memory, rows_train
+    from . import rows_caption, rows_data, rows_infer, rows_lora, rows_memory, rows_onnx, rows_train
 
     rows: dict[str, Callable[[bool], list[Row]]] = {}
-    for module in (rows_lora, rows_train, rows_infer, rows_caption, rows_data, rows_memory):
+    for module in (rows_lora, rows_train, rows_infer, rows_caption, rows_onnx, rows_data, rows_memory):
         rows.update(module.ROWS)
     return rows
 

@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 torch.set_num_threads(1)
 
 # the real-ROS fixtures (ros_env, adapters, reference) live in tests/ros_env.py
-pytest_plugins = ["ros_env"]
+pytest_plugins = ["ros_env", "onnx_fixtures"]
 
 SEED_BLOCKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_blocks"
 CAPTIONS = [

@@ -18,13 +18,24 @@ ALLOWED = {
     "root": {"root"},
     "lora": {"root"},
     "models": {"root", "lora"},
-    "runtime": {"root", "lora", "models"},
+    "ort": {"root", "models"},  # and only models' torch-free modules: test_the_torch_free_modules_...
+    "export": {"root", "lora", "models", "ort"},
+    "runtime": {"root", "lora", "models", "ort"},
     "train": {"root", "lora", "models"},
     "bags": {"root", "lora", "models", "runtime"},
     "__init__": {"root", "lora"},
 }
 FOREIGN = ("blip_lora_training", "bench", "tests", "blip_captioner")
 EXTRAS = extra_of_module()  # module -> extra, from pyproject.toml through the installed metadata
+# extra -> the parts of the core that may import its modules (an extra is named after its part, or listed here)
+PARTS_OF_EXTRA = {"onnx": {"ort", "export"}}
+# modules that must import neither torch nor transformers when imported (the ONNX Runtime path, the node's image
+# decoding and pipeline); what they import from the core at module level must be torch-free as well
+TORCH_FREE = ("__init__.py", "errors.py", "atomic.py", "settings.py", "models/caption_settings.py",
+              "models/confidence.py", "models/images.py", "models/preprocess.py", "ort/folder.py",
+              "ort/providers.py", "ort/captioner.py", "runtime/image_msgs.py", "runtime/pipeline.py",
+              "runtime/diagnostics.py", "runtime/captioners.py")
+HEAVY = ("torch", "transformers", "safetensors", "huggingface_hub", "peft")
 
 
 def _part(module: str) -> str:
@@ -82,9 +93,58 @@ def test_runtime_imports_neither_train_nor_bags_and_nothing_imports_the_cli_benc
 def test_extras_are_imported_only_by_the_parts_that_need_them():
     assert {"rosbags", "pycocoevalcap"} <= EXTRAS.keys()
     edges = _edges()
+    parts = {module: PARTS_OF_EXTRA.get(extra, {extra}) for module, extra in EXTRAS.items()}
     wrong = sorted(f"{where} imports {n} (the [{EXTRAS[n.split('.')[0]]}] extra)" for where, names in edges.items()
-                   for n in names if n.split(".")[0] in EXTRAS and where.split(":")[0] != EXTRAS[n.split(".")[0]])
+                   for n in names if n.split(".")[0] in parts and where.split(":")[0] not in parts[n.split(".")[0]])
     assert wrong == []
+
+
+def _module_level_imports(path: Path) -> list[str]:
+    """Like _imports, but only what runs on import: not inside functions, not under ``if TYPE_CHECKING``."""
+    package = ["blip_lora_core", *path.relative_to(CORE).parent.parts]
+    names: list[str] = []
+
+    def visit(statements):
+        for node in statements:
+            if isinstance(node, ast.Import):
+                names.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                names.append(".".join(base + ([node.module] if node.module else [])) if node.level else node.module)
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+                visit(node.body + node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")).body)
+    return names
+
+
+def _file_of(module: str) -> Path:
+    """blip_lora_core.a.b -> CORE/a/b.py or CORE/a/b/__init__.py."""
+    path = CORE.joinpath(*module.split(".")[1:])
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def test_the_torch_free_modules_import_no_torch_at_import_time():
+    """Follows module-level imports through the core (a package's __init__ included) from each torch-free module."""
+    wrong = []
+    for start in TORCH_FREE:
+        seen, todo = set(), [CORE / start]
+        while todo:
+            path = todo.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            for name in _module_level_imports(path):
+                if name.split(".")[0] in HEAVY:
+                    wrong.append(f"{start}: {path.relative_to(CORE)} imports {name}")
+                elif name.startswith("blip_lora_core"):
+                    parts = name.split(".")
+                    todo += [_file_of(".".join(parts[:i])) for i in range(2, len(parts) + 1)]
+                    todo += [CORE / "__init__.py"]
+    assert wrong == []
+    assert all((CORE / module).is_file() for module in TORCH_FREE)
 
 
 def test_the_checker_sees_a_forbidden_edge(tmp_path, monkeypatch):

@@ -85,3 +85,40 @@ def test_the_base_install_runs_the_node_modules_and_a_caption(base_venv, tiny_mo
                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert run.returncode == 2 and run.stderr.count("\n") == 1, (command, run.stderr)
         assert f"needs the [{extra}] extra" in run.stderr and f"pip install 'blip-lora[{extra}]'" in run.stderr
+
+
+# what the README's "Deploy without torch" installs on a robot: the package without its dependencies, then
+# the ONNX runtime's own (never torch or transformers)
+ROBOT_PACKAGES = ("numpy", "pillow", "opencv-python-headless<5", "pyyaml", "tokenizers", "onnxruntime")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("onnx_tiny")  # beside the other users of the exported tiny model
+def test_a_robot_install_without_torch_captions_with_an_onnx_export(tmp_path_factory, onnx_export, trained):
+    folder = tmp_path_factory.mktemp("robot-venv")
+    venv.create(folder, with_pip=True)
+    python, cli = folder / "bin" / "python", folder / "bin" / "blip-lora"
+    quiet = ["-q", "--disable-pip-version-check", "--no-warn-script-location"]
+    source = tmp_path_factory.mktemp("robot-source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for name in ("blip_lora_core", "training"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([python, "-m", "pip", "install", *quiet, "--no-deps", str(source)], check=True, timeout=900)
+    subprocess.run([python, "-m", "pip", "install", *quiet, *ROBOT_PACKAGES], check=True, timeout=900)
+    env = {**os.environ, "PYTHONPATH": ""}
+    found = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('torch'), "
+                            "u.find_spec('transformers'))"], env=env, capture_output=True, text=True, check=True)
+    assert found.stdout.split() == ["None", "None"]
+    images = sorted(str(path) for path in trained.base.parent.glob("*.png"))[:4]
+    run = subprocess.run([cli, "caption", *images, "--model", str(onnx_export), "--max-new-tokens", "12"], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=folder)
+    assert run.returncode == 0, run.stderr
+    from blip_lora_core.models.captioning import Captioner
+
+    expected = Captioner.from_pretrained(str(trained.base), adapter=str(trained.adapter), device="cpu",
+                                         max_new_tokens=12).caption_files(images)
+    assert [json.loads(line)["caption"] for line in run.stdout.splitlines()] == expected
+    node = subprocess.run([python, "-c", f"import sys; sys.path.insert(0, {str(NODE_PACKAGE)!r}); "
+                           "import blip_captioner.params"], env=env, capture_output=True, text=True, timeout=120)
+    assert node.returncode == 0, node.stderr  # the node's parameter and captioner glue loads without torch

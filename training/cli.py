@@ -7,16 +7,17 @@ import functools
 import importlib
 import importlib.metadata
 import logging
+import os
 import re
 import sys
 import traceback
 
 from blip_lora_core.errors import BlipLoraError
-from blip_lora_core.models.loading import disable_progress_bars
 
 # Each module in training/commands/ defines `register(subparsers)`, which adds its parser and sets
 # `func=run`, where `run(args) -> int`. Registering needs only the base install; a command's run()
-# imports what its extra brings.
+# imports what its extra brings. A command line that names its command imports that command's module
+# only, so `blip-lora caption --model EXPORT` runs where torch is not installed.
 COMMAND_MODULES = ("train", "caption", "eval", "export", "synth", "bag")
 DEV_EXTRAS = ("test",)  # extras for developing blip-lora, not for running a command
 _EXTRA_REQUIREMENT = re.compile(r"""([A-Za-z0-9][A-Za-z0-9._-]*).*;\s*extra\s*==\s*["']([^"']+)["']""")
@@ -35,7 +36,8 @@ def extra_of_module() -> dict[str, str]:
     return found
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the command ``only`` alone."""
     parser = argparse.ArgumentParser(
         prog="blip-lora",
         description="Fine-tune BLIP image captioning with hook-based LoRA adapters, and use them.",
@@ -43,16 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", "--debug", dest="verbose", action="store_true",
                         help="log debug messages; on an error, also print the traceback with its causes")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if only not in COMMAND_MODULES else (only,):
         importlib.import_module(f"blip_lora_training.commands.{name}").register(subparsers)
     return parser
 
 
+def _quiet_progress_bars() -> None:
+    """No progress bars from transformers (its weight-loading bar) or huggingface_hub, whether they are imported
+    yet or not (the ONNX path imports neither)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    if {"transformers", "huggingface_hub"} & set(sys.modules):  # imported already: switch them off
+        from blip_lora_core.models.loading import disable_progress_bars
+
+        disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if getattr(args, "progress", None) is False:
-        disable_progress_bars()
+        _quiet_progress_bars()
     try:
         return int(args.func(args) or 0)
     except ModuleNotFoundError as error:

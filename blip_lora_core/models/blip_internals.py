@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from transformers.models.blip.modeling_blip import BlipAttention, BlipVisionModel
 
-ATTENTIONS = ("sdpa", "eager")
+from .caption_settings import ATTENTIONS
+
 _WATCHING = "_blip_lora_watches_attention_maps"  # set on a vision model once its two hooks are in
 _maps = threading.local()  # per thread, a stack: whether the vision model call in progress records attention maps
 

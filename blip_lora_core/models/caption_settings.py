@@ -1,28 +1,44 @@
 """CaptionSettings: how a Captioner loads and captions, one frozen settings dataclass shared by the CLI, the
-node's parameters and the bag tools, so the defaults, ranges and help live here and nowhere else."""
+node's parameters and the bag tools, so the defaults, ranges and help live here and nowhere else. Imports no
+torch: the ONNX Runtime captioner uses it too."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-import torch
-
 from ..errors import ConfigError
 from ..settings import check_settings, describe, setting
-from .blip_internals import ATTENTIONS
-from .loading import DTYPE_NAMES
 
+BLIP_LARGE = "Salesforce/blip-image-captioning-large"
+"""The default model of every command and of the node."""
 QUANTIZE_CHOICES = ("int8",)
+ATTENTIONS = ("sdpa", "eager")
+"""The vision attention implementations (models/blip_internals.py)."""
+DTYPE_ALIASES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+                 "bf16": "bfloat16", "bfloat16": "bfloat16"}
+"""dtype names a setting accepts -> the torch dtype's name."""
+DTYPE_NAMES = tuple(DTYPE_ALIASES)
+# torch's device types (torch.device accepts these, with an optional :index)
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hip|xla|hpu|mtia|maia|ipu|ve|fpga|lazy|vulkan|opengl|opencl|ideep|mkldnn|"
+                     r"meta|privateuseone)(:\d+)?")
 _EMPTY_IS_NONE = ("prompt", "device", "dtype", "quantize")  # "" (ROS parameters, flags) means the default
 
 
 def _device_problem(device: str) -> str | None:
-    try:
-        torch.device(device)
-    except (RuntimeError, TypeError):
+    """Why ``device`` is not a torch device name, or None (checked without importing torch)."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
         return f"{device!r} is not a torch device (cpu, cuda, cuda:1, ...)"
     return None
+
+
+def device_type(device: str) -> str:
+    """'cuda:1' -> 'cuda'; ConfigError for what is not a device name."""
+    problem = _device_problem(device)
+    if problem:
+        raise ConfigError(f"caption setting device {problem}")
+    return device.partition(":")[0]
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,7 @@ class CaptionSettings:
             return
         if self.device is None:
             object.__setattr__(self, "device", "cpu")  # quantized linears run on the CPU, even beside a GPU
-        if torch.device(self.device).type != "cpu":
+        if device_type(self.device) != "cpu":
             raise ConfigError(f"quantize {self.quantize} runs on the CPU only, not on device {self.device!r}")
         if self.dtype not in (None, "fp32", "float32"):
             raise ConfigError(f"quantize {self.quantize} quantizes fp32 weights: use dtype fp32, not {self.dtype!r}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +19,16 @@ from PIL import Image
 from ..lora.adapter_io import AdapterInfo, load_adapter
 from ..lora.hooks import merge_lora, remove_lora
 from .caption_settings import CaptionSettings
-from .confidence import caption_confidence
+from .confidence import CaptionResult, caption_confidence
 from .images import load_image
 from .labels import TokenSpec, generation_prompt, prompt_ids, strip_prompt
 from .loading import BlipBundle, load_blip
 from .quantize import cpu_has_bf16, quantize_int8
 from .static_decoder import StaticGreedyDecoder, blocker
 
+__all__ = ["CaptionResult", "Captioner"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CaptionResult:
-    """One image's caption (prompt stripped), its confidence (confidence.py: the geometric-mean probability of
-    its tokens, in (0, 1]) and its length in generated tokens, the ending [SEP] included."""
-
-    text: str
-    confidence: float
-    tokens: int
 
 
 class Captioner:

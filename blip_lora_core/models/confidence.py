@@ -8,7 +8,19 @@ node publishes it, the bag tools and the labelling order use it. numpy only, so 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """One image's caption (prompt stripped), its confidence (the geometric-mean probability of its tokens,
+    in (0, 1]) and its length in generated tokens, the ending [SEP] included. Every captioner returns these."""
+
+    text: str
+    confidence: float
+    tokens: int
 
 
 def caption_token_mask(generated: np.ndarray, eos_id: int) -> np.ndarray:

@@ -19,15 +19,13 @@ from transformers import BlipConfig, BlipForConditionalGeneration, PreTrainedTok
 from .._compat import dtype_kwarg, wordpiece_tokenizer
 from ..errors import BlipLoraError, ConfigError
 from .blip_internals import ATTENTIONS, set_attention
+from .caption_settings import DTYPE_ALIASES
 from .hub import model_source
 from .preprocess import ImagePreprocessor
 
-BLIP_LARGE = "Salesforce/blip-image-captioning-large"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BOS_TOKEN, ENC_TOKEN = "[DEC]", "[ENC]"
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-DTYPE_NAMES = tuple(_DTYPES)
+_DTYPES = {name: getattr(torch, torch_name) for name, torch_name in DTYPE_ALIASES.items()}
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""BLIP's image preprocessing (resize, rescale, normalise) with PIL and torch only.
+"""BLIP's image preprocessing (resize, rescale, normalise) with PIL and numpy only.
 
 Equivalent to transformers' BlipImageProcessor for RGB inputs, without its torchvision dependency,
-and read from the same ``preprocessor_config.json``.
+and read from the same ``preprocessor_config.json``. The numbers are made in numpy (``array``), so the torch
+captioner (``__call__``, ``batch``: torch tensors) and the ONNX Runtime captioner (``batch_array``) get the
+same pixels bit for bit; this module imports torch only when a tensor is asked for.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -74,18 +79,30 @@ class ImagePreprocessor:
             "do_convert_rgb": True,
         }
 
-    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
-        """One image (PIL, or (H, W, 3) uint8 RGB array) -> (3, height, width) float32."""
+    def array(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """One image (PIL, or (H, W, 3) uint8 RGB array) -> (3, height, width) float32 numpy array."""
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
         if image.mode != "RGB":
             image = image.convert("RGB")
         resized = image.resize((self.width, self.height), resample=self.resample)
-        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        return (pixels * self.rescale_factor - mean) / std
+        pixels = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+        return np.ascontiguousarray((pixels * np.float32(self.rescale_factor) - mean) / std)
+
+    def batch_array(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
+        """Images -> (B, 3, height, width) float32 numpy array."""
+        return np.stack([self.array(image) for image in images])
+
+    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """One image (PIL, or (H, W, 3) uint8 RGB array) -> (3, height, width) float32 tensor."""
+        import torch
+
+        return torch.from_numpy(self.array(image))
 
     def batch(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
-        """Images -> (B, 3, height, width) float32."""
-        return torch.stack([self(image) for image in images])
+        """Images -> (B, 3, height, width) float32 tensor."""
+        import torch
+
+        return torch.from_numpy(self.batch_array(images))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .._compat import TRANSFORMERS_MAJOR
-from .blip_internals import AttentionParts, TextDecoderParts, text_decoder_parts
+from .blip_internals import AttentionParts, TextDecoderParts, TextLayerParts, text_decoder_parts
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,75 @@ def blocker(model, num_beams: int, prompt_length: int, max_new_tokens: int) -> s
         return f"transformers {TRANSFORMERS_MAJOR}.x"
     if num_beams != 1:
         return f"beam search ({num_beams} beams)"
+    unsupported = unsupported_generation(model)
+    if unsupported:
+        return unsupported
+    limit = model.config.text_config.max_position_embeddings
+    if 1 + prompt_length + max_new_tokens > limit:
+        return f"{1 + prompt_length + max_new_tokens} tokens exceed the {limit} positions"
+    return None
+
+
+def unsupported_generation(model) -> str | None:
+    """The first generation_config setting that changes greedy decoding beyond [SEP] and min_new_tokens (which
+    greedy decoders here reproduce), as 'generation_config.name=value', or None."""
     config = model.text_decoder.generation_config  # BLIP's generate() hands decoding to the text decoder
     for name, default in _UNSUPPORTED.items():
         value = getattr(config, name, default)
         if value is not None and value != default:
             return f"generation_config.{name}={value!r}"
-    limit = model.config.text_config.max_position_embeddings
-    if 1 + prompt_length + max_new_tokens > limit:
-        return f"{1 + prompt_length + max_new_tokens} tokens exceed the {limit} positions"
     return None
+
+
+# ---------------------------------------------------------------- one decoding step, built from the model's parts
+# (also traced by the ONNX export, blip_lora_core/export/onnx_graphs.py, so both run the same computation)
+
+
+def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """(B, T, hidden) -> (B, heads, T, head_dim)."""
+    return x.view(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
+
+
+def embed_tokens(parts: TextDecoderParts, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """tokens (B, T) at positions pos (T,) -> the text decoder's input embeddings (B, T, hidden)."""
+    return parts.embeddings_norm(parts.word_embeddings(tokens) + parts.position_embeddings(pos)[None])
+
+
+def causal_mask(pos: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(1, 1, T, L) additive mask: the query at pos[i] sees key position j when j <= pos[i], -inf elsewhere."""
+    mask = torch.zeros(pos.shape[0], positions.shape[0], dtype=dtype, device=pos.device)
+    return mask.masked_fill(positions[None, :] > pos[:, None], float("-inf"))[None, None]
+
+
+def cross_kv(model, parts: TextDecoderParts, pixel_values: torch.Tensor, heads: int,
+             head_dim: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """pixel_values (B, 3, S, S) -> per text layer, the image's cross-attention keys and values, each
+    (B, heads, N, head_dim): computed once per image."""
+    image = model.vision_model(pixel_values=pixel_values)[0]
+    return [(split_heads(layer.cross_attention.key(image), heads, head_dim),
+             split_heads(layer.cross_attention.value(image), heads, head_dim)) for layer in parts.layers]
+
+
+def attend(attention: AttentionParts, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, heads: int,
+           head_dim: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """transformers' eager BLIP text attention + its output block, on given K/V (B, heads, L, head_dim)."""
+    query = split_heads(attention.query(hidden), heads, head_dim)
+    scores = torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(head_dim)
+    if mask is not None:
+        scores = scores + mask
+    context = torch.matmul(torch.softmax(scores, dim=-1), values)
+    context = context.permute(0, 2, 1, 3).reshape(hidden.shape)
+    return attention.output(context, hidden)
+
+
+def text_layer(layer: TextLayerParts, hidden: torch.Tensor, own_kv: tuple[torch.Tensor, torch.Tensor],
+               image_kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor, heads: int,
+               head_dim: int) -> torch.Tensor:
+    """One BERT layer of the text decoder: masked self-attention over own_kv (the tokens so far, this step's
+    included), cross-attention over the image's K/V, feed forward. hidden (B, T, hidden) -> (B, T, hidden)."""
+    hidden = attend(layer.self_attention, hidden, *own_kv, heads, head_dim, mask)
+    hidden = attend(layer.cross_attention, hidden, *image_kv, heads, head_dim)
+    return layer.output(layer.intermediate(hidden), hidden)
 
 
 def bucket(batch: int, buckets: Sequence[int] = BATCH_BUCKETS) -> int:
@@ -100,36 +160,21 @@ class StaticGreedyDecoder:
     # ------------------------------------------------------------ the computation
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, hidden) -> (B, heads, T, head_dim)."""
-        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
-
-    def _attend(self, attention: AttentionParts, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """transformers' eager BLIP text attention + its output block, on given K/V (B, heads, L, head_dim)."""
-        query = self._split(attention.query(hidden))
-        scores = torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        if mask is not None:
-            scores = scores + mask
-        context = torch.matmul(torch.softmax(scores, dim=-1), values)
-        context = context.permute(0, 2, 1, 3).reshape(hidden.shape)
-        return attention.output(context, hidden)
+        return split_heads(x, self.heads, self.head_dim)
 
     def _forward(self, plan: _Plan, parts: TextDecoderParts, tokens: torch.Tensor, pos: torch.Tensor, cross: list,
                  first_eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, T) at positions pos (T,) -> next-token ids (B,) and their log-probabilities (B,) under the
         model's distribution (before the min_new_tokens [SEP] ban); writes the tokens' K/V into the caches."""
-        hidden = parts.embeddings_norm(parts.word_embeddings(tokens) + parts.position_embeddings(pos)[None])
-        positions = torch.arange(plan.keys.shape[3], device=tokens.device)
-        mask = torch.zeros(pos.shape[0], positions.shape[0], dtype=hidden.dtype, device=tokens.device)
-        mask = mask.masked_fill(positions[None, :] > pos[:, None], float("-inf"))[None, None]
+        hidden = embed_tokens(parts, tokens, pos)
+        mask = causal_mask(pos, torch.arange(plan.keys.shape[3], device=tokens.device), hidden.dtype)
         for index, layer in enumerate(parts.layers):
             own = layer.self_attention
             # .to: under autocast the projections come out in bf16/fp16 while the cache has the weights' dtype
             plan.keys[index].index_copy_(2, pos, self._split(own.key(hidden)).to(plan.keys.dtype))
             plan.values[index].index_copy_(2, pos, self._split(own.value(hidden)).to(plan.values.dtype))
-            hidden = self._attend(own, hidden, plan.keys[index], plan.values[index], mask)
-            hidden = self._attend(layer.cross_attention, hidden, *cross[index])
-            hidden = layer.output(layer.intermediate(hidden), hidden)
+            hidden = text_layer(layer, hidden, (plan.keys[index], plan.values[index]), cross[index], mask,
+                                self.heads, self.head_dim)
         logits = parts.lm_head(hidden[:, -1:])[:, -1].float()
         log_probs = torch.log_softmax(logits, dim=-1)
         if first_eos:
@@ -140,9 +185,7 @@ class StaticGreedyDecoder:
     def _run(self, plan: _Plan, min_new_tokens: int, stop_early: bool) -> int:
         """plan.pixels, plan.prompt -> plan.out; returns how many tokens were generated."""
         parts = text_decoder_parts(self.model)
-        image = self.model.vision_model(pixel_values=plan.pixels)[0]
-        cross = [(self._split(layer.cross_attention.key(image)), self._split(layer.cross_attention.value(image)))
-                 for layer in parts.layers]
+        cross = cross_kv(self.model, parts, plan.pixels, self.heads, self.head_dim)
         start = plan.prompt.shape[1]
         new_tokens = plan.out.shape[1] - start
         plan.out[:, :start] = plan.prompt

@@ -19,23 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BlipLoraError, ConfigError
-from ..lora.adapter_io import read_adapter
 from ..models.caption_settings import CaptionSettings
+from .captioners import load_captioner
 
 GENERATION = ("prompt", "max_new_tokens", "num_beams")
 ADAPTER = ("adapter", "merge")
-
-
-def load_captioner(model: str, settings: CaptionSettings, adapter: str | None = None) -> Any:
-    """The captioner for ``model`` (a hub id or a local BLIP folder), with ``adapter`` loaded.
-
-    The one place that decides which backend loads a model; BlipLoraError when it cannot be loaded.
-    """
-    from ..models.captioning import Captioner
-    from ..models.loading import disable_progress_bars
-
-    disable_progress_bars()  # a robot's log is no terminal: no weight-loading bar
-    return Captioner.from_pretrained(model, settings, adapter=adapter or None)
 
 
 def adapter_hash(path: str) -> str:
@@ -84,7 +72,7 @@ class LiveCaptioner:
     def load(cls, model: str, settings: CaptionSettings, adapter: str = "",
              refused: Refused | None = None) -> LiveCaptioner:
         """Load the base model (and adapter) once; BlipLoraError when it cannot be loaded."""
-        return cls(load_captioner(model, settings, adapter), adapter, settings.merge, refused)
+        return cls(load_captioner(model, settings, adapter=adapter, progress=False), adapter, settings.merge, refused)
 
     @property
     def adapter(self) -> AdapterState:
@@ -96,7 +84,8 @@ class LiveCaptioner:
 
     @property
     def device(self) -> str:
-        return str(getattr(getattr(self.captioner, "model", None), "device", "unknown"))
+        model = getattr(self.captioner, "model", None)  # the torch Captioner's model, or the ONNX captioner's device
+        return str(getattr(model, "device", None) or getattr(self.captioner, "device", "unknown"))
 
     def settings(self) -> dict[str, Any]:
         """prompt, max_new_tokens, num_beams, adapter and merge: in force, or queued to be."""
@@ -121,8 +110,12 @@ class LiveCaptioner:
             return (f"max_new_tokens {values['max_new_tokens']} is more than the model's text positions leave "
                     f"after {prompt}the start token: at most {limit}")
         if changes.get("adapter"):
+            # a captioner may say itself which adapters it takes (the ONNX one: only the one merged at export)
+            check_adapter = getattr(self.captioner, "check_adapter", None)
+            if check_adapter is None:
+                from ..lora.adapter_io import read_adapter as check_adapter  # torch: not for an ONNX export's node
             try:
-                read_adapter(changes["adapter"])
+                check_adapter(changes["adapter"])
             except (BlipLoraError, OSError) as error:
                 kept = self._adapter.path or "the base model"
                 return f"adapter {changes['adapter']!r} not loaded, kept {kept!r}: {error}"

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from blip_lora_core.errors import ConfigError
-from blip_lora_core.models.caption_settings import CaptionSettings
-from blip_lora_core.models.loading import BLIP_LARGE
+from blip_lora_core.models.caption_settings import BLIP_LARGE, CaptionSettings
 from blip_lora_core.runtime.pipeline import PipelineSettings
 from blip_lora_core.settings import setting_info
 
@@ -56,7 +55,8 @@ def _declared(cls: type, field: str, name: str | None = None, *, runtime: bool =
 
 
 PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("model", BLIP_LARGE, "BLIP base model: a hub id or a local folder"),
+    ParamSpec("model", BLIP_LARGE, "BLIP base model: a hub id or a local folder, or an ONNX export folder "
+              "(blip-lora export --format onnx: ONNX Runtime, no torch; its adapter is merged in)"),
     ParamSpec("adapter", NONE, "LoRA adapter file; none (or empty): the base model alone", runtime=True),
     _declared(CaptionSettings, "prompt", runtime=True),
     _declared(CaptionSettings, "device"),

@@ -87,10 +87,11 @@ def test_cross_attention_once_per_image_then_prefill_then_one_token_a_step(train
     assert sessions.count(captioner._vision) == 1 and sessions[0] is captioner._vision
     steps = [shapes for session, shapes in calls if session is captioner._decoder]
     assert len(steps) == ids.shape[1] - 3  # one run per generated token
-    assert steps[0]["input_ids"] == (3, 3) and steps[0]["past_keys"][3] == 0  # prefill: [DEC] + 2 prompt tokens
+    assert steps[0]["input_ids"] == (3, 3) and steps[0]["past_key_0"][2] == 0  # prefill: [DEC] + 2 prompt tokens
     for step, shapes in enumerate(steps[1:], start=1):
-        assert shapes["input_ids"] == (3, 1) and shapes["past_keys"][3] == 2 + step
-        assert shapes["cross_keys"] == steps[0]["cross_keys"]  # the image's K/V, computed once
+        assert shapes["input_ids"] == (3, 1) and all(
+            shapes[f"past_{kind}_{i}"][2] == 2 + step for i in range(2) for kind in ("key", "value"))
+        assert shapes["cross_value_1"] == steps[0]["cross_value_1"]  # the image's K/V, computed once
 
 
 def test_the_folder_holds_checked_graphs_tokenizer_preprocessing_and_a_manifest(trained, onnx_export):
@@ -104,7 +105,12 @@ def test_the_folder_holds_checked_graphs_tokenizer_preprocessing_and_a_manifest(
         onnx.checker.check_model(str(onnx_export / name), full_check=True)
         assert manifest.files[name]["sha256"] == sha256_file(onnx_export / name)
     graph = onnx.load(str(onnx_export / DECODER)).graph
-    assert [i.name for i in graph.input] == ["input_ids", "past_keys", "past_values", "cross_keys", "cross_values"]
+    assert [i.name for i in graph.input] == ["input_ids", "past_key_0", "past_value_0", "past_key_1", "past_value_1",
+                                             "cross_key_0", "cross_value_0", "cross_key_1", "cross_value_1"]
+    assert [o.name for o in graph.output] == ["logits", "present_key_0", "present_value_0", "present_key_1",
+                                              "present_value_1"]
+    # one tensor per layer: no step cuts an all-layer cache (Split) or stacks one (Concat of every layer)
+    assert "Split" not in {node.op_type for node in graph.node}
     from tokenizers import Tokenizer
 
     bundle = load_blip(str(trained.base), device="cpu")
@@ -184,6 +190,10 @@ def test_a_damaged_or_newer_folder_is_named(onnx_export, tmp_path):
     (folder / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))
     with pytest.raises(BlipLoraError, match="format version 99 is newer than this blip-lora reads"):
         read_manifest(folder)
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "format_version": 1}))  # all layers in one tensor
+    with pytest.raises(BlipLoraError, match=r"format version 1 is older than this blip-lora reads \(2\.\.2, its "
+                       r"graphs have other inputs\): export the model again"):
+        OrtCaptioner(folder)
     (folder / MANIFEST).unlink()
     with pytest.raises(BlipLoraError, match="not an ONNX export"):
         read_manifest(folder)

@@ -7,7 +7,8 @@ a manifest is not an export, so an export that stopped half-way is never taken f
 The graphs are traced with torch's TorchScript exporter (``dynamo=False``): on torch 2.13 the dynamo exporter
 took 1.5x to 20x longer and its BLIP-large decoder gave other tokens than generate() after a few steps
 (bench/README.md, "ONNX export"). fp16 halves the weights (for GPUs); int8 runs onnxruntime's dynamic
-quantization (int8 weights of every MatMul, activations quantized at run time; for CPUs) on the fp32 graphs.
+quantization (int8 weights of every MatMul per output channel, the attention products quantized too,
+activations quantized at run time; for CPUs) on the pre-processed fp32 graphs.
 """
 
 from __future__ import annotations
@@ -41,16 +42,7 @@ from ..ort.folder import (
     sha256_file,
     write_manifest,
 )
-from .onnx_graphs import (
-    DECODER_AXES,
-    DECODER_INPUTS,
-    DECODER_OUTPUTS,
-    VISION_AXES,
-    VISION_INPUTS,
-    VISION_OUTPUTS,
-    DecoderGraph,
-    VisionGraph,
-)
+from .onnx_graphs import DecoderGraph, VisionGraph, decoder_io, vision_io
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 17  # LayerNormalization is one op from 17 on; TensorRT 8.6+ and onnxruntime 1.14+ run it
@@ -132,16 +124,15 @@ def _export_graphs(model: torch.nn.Module, out: Path, opset: int, quantize: str 
     """Trace both graphs (on example inputs of batch 2, a 3-token prompt, a 2-position cache) into out."""
     param = next(model.parameters())
     text, vision = model.config.text_config, model.config.vision_config
-    heads = text.num_attention_heads
+    heads, layers = text.num_attention_heads, text.num_hidden_layers
     size = vision.image_size
     pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(param.dtype)
     with torch.no_grad():
-        cross_keys, cross_values = VisionGraph(model)(pixels)
-    past = torch.zeros(text.num_hidden_layers, 2, heads, 2, text.hidden_size // heads, dtype=param.dtype)
+        cross = VisionGraph(model)(pixels)
+    past = [torch.zeros(2, heads, 2, text.hidden_size // heads, dtype=param.dtype)] * (2 * layers)
     ids = torch.full((2, 3), text.bos_token_id, dtype=torch.long)
-    graphs = [(VisionGraph(model), (pixels,), VISION, VISION_INPUTS, VISION_OUTPUTS, VISION_AXES),
-              (DecoderGraph(model), (ids, past, past, cross_keys, cross_values), DECODER, DECODER_INPUTS,
-               DECODER_OUTPUTS, DECODER_AXES)]
+    graphs = [(VisionGraph(model), (pixels,), VISION, *vision_io(layers)),
+              (DecoderGraph(model), (ids, *past, *cross), DECODER, *decoder_io(layers))]
     for module, args, name, inputs, outputs, axes in graphs:
         final = out / name
         traced = final.with_name(f".{name}.fp32") if quantize else final
@@ -163,16 +154,23 @@ def _trace(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], 
 
 
 def _quantize_int8(source: Path, target: Path) -> None:
-    """onnxruntime's dynamic quantization: int8 weights (per tensor) for every MatMul, uint8 activations."""
+    """onnxruntime's dynamic quantization after its pre-processing (shape inference, graph clean-up): int8
+    weights per output channel for every MatMul, and the attention products (MatMuls of two activations)
+    quantized too; activations uint8, quantized at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    prepared = source.with_name(f"{source.name}.pre")
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs every tensor it skips, and advice, on the root logger
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         per_channel=True, extra_options={"MatMulConstBOnly": False})
     finally:
         root.setLevel(level)
+        prepared.unlink(missing_ok=True)
 
 
 def _manifest(bundle: BlipBundle, out: Path, adapter: str | None, dtype: str, quantize: str | None,

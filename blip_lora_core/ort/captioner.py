@@ -27,7 +27,17 @@ from ..models.caption_settings import CaptionSettings
 from ..models.confidence import CaptionResult, caption_confidence
 from ..models.images import load_image
 from ..models.preprocess import ImagePreprocessor
-from .folder import DECODER, PREPROCESSOR, TOKENIZER, VISION, read_manifest, sha256_file
+from .folder import (
+    DECODER,
+    PREPROCESSOR,
+    TOKENIZER,
+    VISION,
+    cross_names,
+    past_names,
+    present_names,
+    read_manifest,
+    sha256_file,
+)
 from .providers import CUDA, TENSORRT, Placement, describe_providers, place
 
 log = logging.getLogger(__name__)
@@ -55,6 +65,8 @@ class OrtCaptioner:
         self.tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER))
         self.preprocess = ImagePreprocessor.from_dict(_read_json(self.folder / PREPROCESSOR))
         self._dtype = _NUMPY_DTYPES[self.manifest.dtype]
+        layers = self.manifest.shapes.layers
+        self._past, self._present, self._cross = past_names(layers), present_names(layers), cross_names(layers)
         self._vision = self._session(VISION, self.placement.vision, threads)
         self._decoder = self._session(DECODER, self.placement.decoder, threads)
         if self.placement.device == "cuda" and self._decoder.get_providers()[0] not in (CUDA, TENSORRT):
@@ -200,17 +212,16 @@ class OrtCaptioner:
             raise ConfigError(f"max_new_tokens {self.max_new_tokens} is more than the {limit} text positions the "
                               "prompt leaves")
         batch = pixel_values.shape[0]
-        cross = self._run(self._vision, {"pixel_values": pixel_values.astype(self._dtype, copy=False)},
-                          on_device=("cross_keys", "cross_values"))
         shapes = self.manifest.shapes
-        empty = np.zeros((shapes.layers, batch, shapes.heads, 0, shapes.head_dim), dtype=self._dtype)
-        cache = {"past_keys": empty, "past_values": empty}
+        cross = self._run(self._vision, {"pixel_values": pixel_values.astype(self._dtype, copy=False)},
+                          on_device=self._cross)
+        empty = np.zeros((batch, shapes.heads, 0, shapes.head_dim), dtype=self._dtype)
+        cache: dict[str, Any] = dict.fromkeys(self._past, empty)
         feed = np.array([[tokens_ids.bos, *prompt]] * batch, dtype=np.int64)
         out, log_probs = [feed], []
         done = np.zeros(batch, dtype=bool)
         for step in range(self.max_new_tokens):
-            step_out = self._run(self._decoder, {"input_ids": feed, **cache, **cross},
-                                 on_device=("present_keys", "present_values"))
+            step_out = self._run(self._decoder, {"input_ids": feed, **cache, **cross}, on_device=self._present)
             token, log_prob = _greedy(step_out["logits"].numpy(), tokens_ids.sep,
                                       ban_sep=step < tokens_ids.min_new_tokens)
             token = np.where(done, tokens_ids.pad, token)
@@ -220,7 +231,7 @@ class OrtCaptioner:
             if done.all():
                 break
             feed = token[:, None]
-            cache = {"past_keys": step_out["present_keys"], "past_values": step_out["present_values"]}
+            cache = {past: step_out[present] for past, present in zip(self._past, self._present, strict=True)}
         return np.concatenate(out, axis=1), np.concatenate(log_probs, axis=1)
 
     # ------------------------------------------------------------ sessions
@@ -229,6 +240,11 @@ class OrtCaptioner:
                  threads: int | None) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: the provider fallback is reported by describe()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # memory: weights go straight to their own buffers, not into the arena (which rounds each up and keeps
+        # what it grew to), and activations are freed when done rather than kept in an arena
+        options.enable_cpu_mem_arena = False
+        options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -1,7 +1,8 @@
 """The exported ONNX folder: its file names and its manifest (what was exported, from what, with which limits).
 
 A folder holds ``vision_encoder.onnx`` (pixels -> the cross-attention K/V of every text layer),
-``text_decoder.onnx`` (tokens + self-attention K/V cache -> next-token logits + the grown cache),
+``text_decoder.onnx`` (tokens + self-attention K/V cache -> next-token logits + the grown cache; one graph
+input/output per layer and K or V, named by past_names / present_names / cross_names),
 ``tokenizer.json``, ``preprocessor_config.json`` and ``manifest.json``. ``blip-lora export --format onnx``
 writes it (blip_lora_core/export/onnx_export.py); the ONNX Runtime captioner reads it. No torch here.
 """
@@ -18,7 +19,8 @@ from ..atomic import atomic_write_text
 from ..errors import BlipLoraError
 
 FORMAT = "blip-lora-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one K/V input/output per layer (1: all layers stacked in one tensor)
+OLDEST_VERSION = 2  # the oldest format_version this code reads
 MANIFEST = "manifest.json"
 VISION = "vision_encoder.onnx"
 DECODER = "text_decoder.onnx"
@@ -27,6 +29,21 @@ PREPROCESSOR = "preprocessor_config.json"
 GRAPHS = (VISION, DECODER)
 DTYPES = ("fp32", "fp16")
 QUANTIZATIONS = ("int8",)
+
+
+def past_names(layers: int) -> list[str]:
+    """The decoder's cache inputs, in graph order: past_key_0, past_value_0, past_key_1, ..."""
+    return [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
+
+
+def present_names(layers: int) -> list[str]:
+    """The decoder's grown-cache outputs, in the order of past_names: present_key_0, present_value_0, ..."""
+    return [f"present_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
+
+
+def cross_names(layers: int) -> list[str]:
+    """The image's cross-attention K/V per layer: the vision graph's outputs, the decoder's last inputs."""
+    return [f"cross_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,8 @@ def write_manifest(folder: str | Path, manifest: Manifest) -> Path:
 
 def read_manifest(folder: str | Path) -> Manifest:
     """The manifest of an export, checked: BlipLoraError naming the folder when it is not a readable export of
-    this format version, or when one of its files is missing or has another size than at export (truncated)."""
+    a format version this code reads (OLDEST_VERSION .. FORMAT_VERSION), or when one of its files is missing or
+    has another size than at export (truncated)."""
     folder = Path(folder).expanduser()
     path = folder / MANIFEST
     try:
@@ -112,6 +130,10 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise BlipLoraError(f"{path}: format version {version!r} is newer than this blip-lora reads "
                             f"({FORMAT_VERSION}): update blip-lora or export again")
+    if version < OLDEST_VERSION:
+        raise BlipLoraError(f"{path}: format version {version} is older than this blip-lora reads "
+                            f"({OLDEST_VERSION}..{FORMAT_VERSION}, its graphs have other inputs): export the model "
+                            "again (blip-lora export --format onnx)")
     manifest = _from_dict(data, path)
     _check_files(folder, manifest)
     return manifest

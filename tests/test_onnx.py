@@ -125,8 +125,9 @@ def test_int8_export_quantizes_the_matmuls_and_keeps_the_fp32_captions(trained, 
     graph = onnx.load(str(onnx_int8_export / VISION)).graph
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= {node.op_type for node in graph.node}
     assert read_manifest(onnx_int8_export).quantize == "int8"
-    assert sum((onnx_int8_export / n).stat().st_size for n in (VISION, DECODER)) < 0.5 * sum(
-        (onnx_export / n).stat().st_size for n in (VISION, DECODER))
+    weights = (f"{VISION}.data", f"{DECODER}.data")
+    assert sum((onnx_int8_export / n).stat().st_size for n in weights) < 0.5 * sum(
+        (onnx_export / n).stat().st_size for n in weights)
     int8 = OrtCaptioner(onnx_int8_export, max_new_tokens=12)
     fp32 = OrtCaptioner(onnx_export, max_new_tokens=12)
     assert int8.caption(trained.images) == fp32.caption(trained.images)
@@ -185,6 +186,11 @@ def test_a_damaged_or_newer_folder_is_named(onnx_export, tmp_path):
     with open(folder / DECODER, "r+b") as handle:
         handle.truncate(1000)
     with pytest.raises(BlipLoraError, match=r"text_decoder.onnx: 1000 bytes, the export wrote \d+ \(truncated"):
+        OrtCaptioner(folder)
+    shutil.copy(onnx_export / DECODER, folder / DECODER)
+    with open(folder / f"{VISION}.data", "r+b") as handle:  # the weights beside the graph are checked as well
+        handle.truncate(4096)
+    with pytest.raises(BlipLoraError, match=r"vision_encoder.onnx.data: 4096 bytes, the export wrote \d+"):
         OrtCaptioner(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
     (folder / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))

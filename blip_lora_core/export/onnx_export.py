@@ -29,12 +29,12 @@ from ..models.static_decoder import unsupported_generation
 from ..ort.folder import (
     DECODER,
     DTYPES,
-    GRAPHS,
+    FILES,
     MANIFEST,
-    PREPROCESSOR,
     QUANTIZATIONS,
     TOKENIZER,
     VISION,
+    WEIGHTS_SUFFIX,
     Manifest,
     Shapes,
     TokenIds,
@@ -140,7 +140,16 @@ def _export_graphs(model: torch.nn.Module, out: Path, opset: int, quantize: str 
         if quantize:
             _quantize_int8(traced, final)
             traced.unlink()
+        _weights_beside(final)
         onnx.checker.check_model(str(final), full_check=True)
+
+
+def _weights_beside(graph: Path) -> None:
+    """Move the graph's weights into ``<graph>.data`` (onnx external data): onnxruntime then reads them
+    straight into its tensors instead of holding the whole protobuf and a copy of every weight while loading."""
+    model = onnx.load(str(graph))
+    onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=graph.name + WEIGHTS_SUFFIX, size_threshold=1024)
 
 
 def _trace(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -184,7 +193,7 @@ def _manifest(bundle: BlipBundle, out: Path, adapter: str | None, dtype: str, qu
     tokens = TokenIds(bos=text.bos_token_id, sep=text.sep_token_id, pad=text.pad_token_id,
                       min_new_tokens=model.text_decoder.generation_config.min_new_tokens or 0)
     files = {name: {"bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
-             for name in (*GRAPHS, TOKENIZER, PREPROCESSOR)}
+             for name in FILES}
     return Manifest(base_model=bundle.name, base_revision=bundle.revision,
                     adapter=Path(adapter).name if adapter else "",
                     adapter_sha256=sha256_file(adapter) if adapter else "", opset=opset, dtype=dtype,

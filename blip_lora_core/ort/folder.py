@@ -2,7 +2,8 @@
 
 A folder holds ``vision_encoder.onnx`` (pixels -> the cross-attention K/V of every text layer),
 ``text_decoder.onnx`` (tokens + self-attention K/V cache -> next-token logits + the grown cache; one graph
-input/output per layer and K or V, named by past_names / present_names / cross_names),
+input/output per layer and K or V, named by past_names / present_names / cross_names), each graph's weights
+as onnx external data beside it (``vision_encoder.onnx.data``, ``text_decoder.onnx.data``),
 ``tokenizer.json``, ``preprocessor_config.json`` and ``manifest.json``. ``blip-lora export --format onnx``
 writes it (blip_lora_core/export/onnx_export.py); the ONNX Runtime captioner reads it. No torch here.
 """
@@ -19,7 +20,7 @@ from ..atomic import atomic_write_text
 from ..errors import BlipLoraError
 
 FORMAT = "blip-lora-onnx"
-FORMAT_VERSION = 2  # 2: one K/V input/output per layer (1: all layers stacked in one tensor)
+FORMAT_VERSION = 2  # 2: one K/V input/output per layer, weights in .data files (1: all layers in one tensor)
 OLDEST_VERSION = 2  # the oldest format_version this code reads
 MANIFEST = "manifest.json"
 VISION = "vision_encoder.onnx"
@@ -27,6 +28,8 @@ DECODER = "text_decoder.onnx"
 TOKENIZER = "tokenizer.json"
 PREPROCESSOR = "preprocessor_config.json"
 GRAPHS = (VISION, DECODER)
+WEIGHTS_SUFFIX = ".data"  # a graph's weights: onnx external data beside it, read without a protobuf copy
+FILES = (*GRAPHS, *(graph + WEIGHTS_SUFFIX for graph in GRAPHS), TOKENIZER, PREPROCESSOR)  # all but the manifest
 DTYPES = ("fp32", "fp16")
 QUANTIZATIONS = ("int8",)
 
@@ -153,7 +156,7 @@ def _from_dict(data: dict[str, Any], path: Path) -> Manifest:
 
 
 def _check_files(folder: Path, manifest: Manifest) -> None:
-    for name in (*GRAPHS, TOKENIZER, PREPROCESSOR):
+    for name in FILES:
         if name not in manifest.files:
             raise BlipLoraError(f"{folder / MANIFEST}: lists no {name}")
         file = folder / name

@@ -24,7 +24,7 @@ import torch
 from blip_lora_core.export.onnx_export import export_bundle, export_onnx
 from blip_lora_core.models.captioning import Captioner
 from blip_lora_core.ort.captioner import OrtCaptioner
-from blip_lora_core.ort.folder import DECODER, VISION
+from blip_lora_core.ort.folder import DECODER, VISION, WEIGHTS_SUFFIX, read_manifest
 
 from .common import (
     MEDIUM,
@@ -175,13 +175,15 @@ def process_rows(quick: bool) -> list[Row]:
         raise AssertionError("the ONNX path imported torch")
     rows = []
     for kind in ("fp32", "int8"):
+        weights = sum(f["bytes"] for name, f in read_manifest(folders[kind]).files.items()
+                      if name.endswith(WEIGHTS_SUFFIX)) / 2**20
         for measure, unit, what in (("rss_mib", "MiB", "peak RSS"), ("startup", "s", "start-up (imports + load)")):
             ours, theirs = median([r[measure] for r in runs[kind]]), median([r[measure] for r in runs["torch"]])
             first = median([r["first_caption"] for r in runs[kind]])
             rows.append(Row(f"onnx_process_{measure.split('_')[0]}_{kind}", f"{what} of a process captioning one "
                             f"image, {label}, ONNX {kind} vs torch fp32", ours, theirs, unit, "<= 0.5", repeats,
-                            f"fresh processes, 1 thread; first caption {first:.2f} s vs torch "
-                            f"{median([r['first_caption'] for r in runs['torch']]):.2f} s; the ONNX process "
+                            f"fresh processes, 1 thread; weights {weights:,.0f} MiB; first caption {first:.2f} s "
+                            f"vs torch {median([r['first_caption'] for r in runs['torch']]):.2f} s; the ONNX process "
                             "imports no torch"))
     return rows
 

@@ -122,8 +122,13 @@ def test_the_folder_holds_checked_graphs_tokenizer_preprocessing_and_a_manifest(
 
 
 def test_int8_export_quantizes_the_matmuls_and_keeps_the_fp32_captions(trained, onnx_export, onnx_int8_export):
-    graph = onnx.load(str(onnx_int8_export / VISION)).graph
-    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= {node.op_type for node in graph.node}
+    for name in (VISION, DECODER):
+        graph = onnx.load(str(onnx_int8_export / name)).graph
+        ops = {node.op_type for node in graph.node}
+        # every product is integer, the attention's (activation x activation) too: no fp32 MatMul is left
+        assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops and "MatMul" not in ops
+        scales = [init for init in graph.initializer if init.name.endswith("_scale") and init.dims]
+        assert scales and all(init.dims[0] > 1 for init in scales)  # weights quantized per output channel
     assert read_manifest(onnx_int8_export).quantize == "int8"
     weights = (f"{VISION}.data", f"{DECODER}.data")
     assert sum((onnx_int8_export / n).stat().st_size for n in weights) < 0.5 * sum(

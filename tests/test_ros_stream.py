@@ -10,7 +10,7 @@ import pytest
 
 from bench.node_pipeline import run_real_dds
 
-pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.xdist_group("ros_stream")]
+pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.ros_once, pytest.mark.xdist_group("ros_stream")]
 FPS, SECONDS = 30.0, 20.0
 
 

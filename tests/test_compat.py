@@ -137,6 +137,7 @@ def test_the_attention_patch_and_model_loading_on_each_transformers_line(version
     assert found == version
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
                           "tests/test_compat.py", "tests/test_models.py", "tests/test_static_decoder.py",
+                          "tests/test_confidence.py",
                           "-k", "not each_transformers_line and not blip_large and not cuda"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-2000:]

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import BagError, BlipLoraError, ImageDecodeError
 from ..runtime.image_msgs import decode_message
-from ..runtime.pipeline import CaptionPipeline, Outcome
+from ..runtime.pipeline import CaptionEvent, CaptionPipeline, Outcome
 from ..train.data import write_jsonl
 from .output import check_not_input, check_output, looks_like_bag, write_strings
 from .reader import BagMessage, ns_to_seconds, read_camera
@@ -95,9 +95,9 @@ class _Recorder:
     indices: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def publish(self, text: str, image_stamp: float) -> None:
+    def publish(self, event: CaptionEvent) -> None:
         with self.lock:
-            self.captions.append(TimedCaption(self.now_ns(), image_stamp, text))
+            self.captions.append(TimedCaption(self.now_ns(), event.stamp, event.text))
 
     def decode(self, msg: Any) -> np.ndarray:
         try:

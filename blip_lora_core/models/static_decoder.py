@@ -66,6 +66,7 @@ class _Plan:
     keys: torch.Tensor  # (layers, B, heads, L, head_dim), L = 1 + P + new tokens
     values: torch.Tensor
     out: torch.Tensor  # (B, L) long
+    log_probs: torch.Tensor  # (B, L) float32: log p of each generated token (0 at the prompt and after [SEP])
     graph: torch.cuda.CUDAGraph | None = None
     live: int = 0  # rows holding real images this call; the rest pad the batch to its bucket
 
@@ -112,8 +113,10 @@ class StaticGreedyDecoder:
         context = context.permute(0, 2, 1, 3).reshape(hidden.shape)
         return attention.output(context, hidden)
 
-    def _forward(self, plan: _Plan, tokens: torch.Tensor, pos: torch.Tensor, cross: list, first_eos: bool):
-        """tokens (B, T) at positions pos (T,) -> next-token ids (B,); writes their K/V into the caches."""
+    def _forward(self, plan: _Plan, tokens: torch.Tensor, pos: torch.Tensor, cross: list,
+                 first_eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, T) at positions pos (T,) -> next-token ids (B,) and their log-probabilities (B,) under the
+        model's distribution (before the min_new_tokens [SEP] ban); writes the tokens' K/V into the caches."""
         bert = self.model.text_decoder.bert
         embed = bert.embeddings
         hidden = embed.LayerNorm(embed.word_embeddings(tokens) + embed.position_embeddings(pos)[None])
@@ -129,9 +132,11 @@ class StaticGreedyDecoder:
             hidden = self._attend(layer.crossattention, hidden, *cross[index])
             hidden = layer.output(layer.intermediate(hidden), hidden)
         logits = self.model.text_decoder.cls(hidden[:, -1:])[:, -1].float()
+        log_probs = torch.log_softmax(logits, dim=-1)
         if first_eos:
             logits[:, self.eos] = float("-inf")
-        return logits.argmax(-1)
+        token = logits.argmax(-1)
+        return token, log_probs.gather(1, token[:, None])[:, 0]
 
     def _run(self, plan: _Plan, min_new_tokens: int, stop_early: bool) -> int:
         """plan.pixels, plan.prompt -> plan.out; returns how many tokens were generated."""
@@ -142,6 +147,7 @@ class StaticGreedyDecoder:
         start = plan.prompt.shape[1]
         new_tokens = plan.out.shape[1] - start
         plan.out[:, :start] = plan.prompt
+        plan.log_probs.zero_()
         positions = torch.arange(plan.out.shape[1], device=plan.out.device)
         tokens, pos = plan.prompt, positions[:start]
         done = torch.zeros(plan.out.shape[0], dtype=torch.bool, device=plan.out.device)
@@ -149,10 +155,11 @@ class StaticGreedyDecoder:
             done[plan.live:] = True  # padding rows never hold the batch up
         for step in range(new_tokens):
             at = start + step
-            token = self._forward(plan, tokens, pos, cross, first_eos=step < min_new_tokens)
+            token, log_prob = self._forward(plan, tokens, pos, cross, first_eos=step < min_new_tokens)
             # rows that ended get (and are fed) [PAD], as generate() does: with int8 activations quantized per
             # tensor, what one row is fed changes the others' numbers
             plan.out[:, at] = token.masked_fill(done, self.pad)
+            plan.log_probs[:, at] = log_prob.masked_fill(done, 0.0)
             done = done | (plan.out[:, at] == self.eos)
             if stop_early and bool(done.all()):
                 return step + 1
@@ -176,8 +183,9 @@ class StaticGreedyDecoder:
         keys = torch.zeros(layers, batch, self.heads, length, self.head_dim, device=self.device, dtype=dtype)
         plan = _Plan(torch.zeros(batch, 3, size, size, device=self.device, dtype=dtype),
                      torch.full((batch, 1 + prompt_length), self.bos, dtype=torch.long, device=self.device),
-                     keys, torch.zeros_like(keys), torch.full((batch, length), self.pad, dtype=torch.long,
-                                                              device=self.device))
+                     keys, torch.zeros_like(keys),
+                     torch.full((batch, length), self.pad, dtype=torch.long, device=self.device),
+                     torch.zeros(batch, length, dtype=torch.float32, device=self.device))
         if self.graphs:
             try:
                 self._capture(plan, min_new_tokens)
@@ -206,6 +214,13 @@ class StaticGreedyDecoder:
         """pixel_values (B, 3, S, S) -> ids (B, 1 + len(prompt) + n) exactly as ``model.generate()`` returns
         them for input_ids [DEC] prompt [SEP]: greedy, ended by [SEP], [PAD] after a row's [SEP], and n the
         step at which the last row ended (at most max_new_tokens)."""
+        return self.decode(pixel_values, prompt, max_new_tokens, min_new_tokens)[0]
+
+    @torch.inference_mode()
+    def decode(self, pixel_values: torch.Tensor, prompt: Sequence[int] = (), max_new_tokens: int = 30,
+               min_new_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``generate()``'s ids (B, 1 + P + n) and the log-probability of each generated token (B, n), float32,
+        0 after a row's [SEP]."""
         batch = pixel_values.shape[0]
         rows = bucket(batch, self.batch_buckets) if self.batch_buckets else batch
         min_new = min(min_new_tokens, max_new_tokens)
@@ -219,7 +234,9 @@ class StaticGreedyDecoder:
             made = max_new_tokens
         else:
             made = self._run(plan, min_new, stop_early=True)
-        return self._finish(plan.out[:batch, :plan.prompt.shape[1] + made], plan.prompt.shape[1])
+        start = plan.prompt.shape[1]
+        ids = self._finish(plan.out[:batch, :start + made], start)
+        return ids, plan.log_probs[:batch, start:ids.shape[1]].clone()
 
     def _finish(self, out: torch.Tensor, start: int) -> torch.Tensor:
         """Cut the columns after the step at which the last row ended ([PAD] already follows each [SEP])."""

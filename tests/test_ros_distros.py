@@ -138,3 +138,10 @@ def test_another_sourced_distribution_does_not_leak_in(ros_distro, monkeypatch):
     leaked = {name: value for name, value in env.items() if f"ros2-{other}-sdk" in value}
     assert not leaked
     assert not (set(ros2_stack.LOCALHOST[other]) - set(ros2_stack.LOCALHOST[ros_distro])) & set(env)
+
+
+@pytest.mark.ros
+def test_the_node_imports_without_a_warning_on_every_distribution(ros_env):
+    """Jazzy warns at the import of rclpy.qos_event (renamed rclpy.event_handler); Humble has only qos_event."""
+    done = ros2_stack.run(ros_env, "python3", "-c", "import blip_captioner.node", timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

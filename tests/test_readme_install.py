@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -51,8 +52,14 @@ APT = {"python3-pip": ("pip",), "python3-numpy": (NUMPY,), "python3-opencv": ("o
        "python3-colcon-common-extensions": ("colcon-common-extensions",)}
 # what apt's ROS 2 packages pull in (python3-numpy, -yaml, -lark, -catkin-pkg, -empy, -packaging)
 ROS_FROM_APT = (NUMPY, "pyyaml", "lark", "catkin_pkg", "empy==3.3.4", "packaging")
+# apt packages the README names whose programs this machine has itself
+MACHINE = {"build-essential": ("gcc", "g++", "make"), "cmake": ("cmake",)}
+# the ROS 2 packages of ros-<distro>-ros-base (REP 2001) that ros2_ws depends on: every apt install of ROS 2 has them
+ROS_BASE = {"rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "diagnostic_msgs", "launch", "launch_ros",
+            "ament_index_python", "ament_cmake", "rosidl_default_generators", "rosidl_default_runtime"}
 EXTERNALLY_MANAGED = {"humble": False, "jazzy": True}  # Ubuntu 22.04's system Python is not; 24.04's is
 # the environment of this test process that must not reach the robot's shell
+DEPENDS = ("depend", "build_depend", "buildtool_depend", "exec_depend")
 LEAKS = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "LD_LIBRARY_PATH", "CMAKE_PREFIX_PATH",
          "PIP_USER", "PIP_TARGET", "PIP_PREFIX", "PIP_REQUIRE_VIRTUALENV")
 
@@ -66,13 +73,34 @@ def readme_block(distro: str) -> list[str]:
     return [line.strip() for line in re.sub(r"\\\n\s*", "", blocks[0]).splitlines() if line.strip()]
 
 
-def apt_stand_ins(line: str) -> list[str]:
-    """``sudo apt install A B`` -> the PyPI packages standing in for A and B (and for apt's ROS 2)."""
+def apt_packages(line: str) -> list[str]:
+    """``sudo apt install A B`` -> [A, B]."""
     words = shlex.split(line, comments=True)
     assert words[:3] == ["sudo", "apt", "install"], line
-    unknown = [name for name in words[3:] if name not in APT]
-    assert not unknown, f"README apt packages without a stand-in in {Path(__file__).name}: {unknown}"
-    return list(dict.fromkeys([*ROS_FROM_APT, *(spec for name in words[3:] for spec in APT[name])]))
+    return words[3:]
+
+
+def apt_stand_ins(names: list[str], distro: str, ros: Path) -> list[str]:
+    """The PyPI packages standing in for the apt packages ``names`` (and for apt's ROS 2); a `ros-<distro>-x`
+    must be in the tree, build-essential's and cmake's programs on this machine."""
+    for name in names:
+        if name.startswith(f"ros-{distro}-"):
+            package = name.removeprefix(f"ros-{distro}-").replace("-", "_")
+            assert (ros / "share" / package / "package.xml").is_file(), f"README: {name}: no {package} in {ros}"
+        elif name in MACHINE:
+            assert all(shutil.which(program) for program in MACHINE[name]), f"{name}: {MACHINE[name]} not here"
+        else:
+            assert name in APT, f"README apt package without a stand-in in {Path(__file__).name}: {name}"
+    return list(dict.fromkeys([*ROS_FROM_APT, *(spec for name in names if name in APT for spec in APT[name])]))
+
+
+def ros2_ws_dependencies() -> dict[str, set[str]]:
+    """Each ros2_ws package's build and run dependencies (package.xml; tests' dependencies left out)."""
+    found = {}
+    for manifest in sorted(ros2_stack.SRC.glob("*/package.xml")):
+        root = ElementTree.parse(manifest).getroot()
+        found[root.findtext("name")] = {element.text.strip() for tag in DEPENDS for element in root.iter(tag)}
+    return found
 
 
 def robot_script(lines: list[str], distro: str, ros: Path, checkout: Path, env_out: Path) -> str:
@@ -166,7 +194,7 @@ def robot_shell(distro: str, folder: Path) -> tuple[list[str], dict[str, str]]:
     lines = readme_block(distro)
     ros = ros2_stack.extract_tree(distro).parent
     bin_folder, dist = robot_python(folder / "robot", EXTERNALLY_MANAGED[distro])
-    apt_install(bin_folder, dist, apt_stand_ins(lines[0]))
+    apt_install(bin_folder, dist, apt_stand_ins(apt_packages(lines[0]), distro, ros))
     home = folder / "home"
     home.mkdir()
     env = robot_environment(bin_folder, home, distro)
@@ -180,6 +208,16 @@ def robot_shell(distro: str, folder: Path) -> tuple[list[str], dict[str, str]]:
                               timeout=900)
     assert done.returncode == 0, f"{script}\n{(folder / 'install.log').read_text()[-6000:]}"
     return lines, dict(item.split("=", 1) for item in env_out.read_bytes().decode().split("\0") if "=" in item)
+
+
+def test_the_readme_installs_every_dependency_of_ros2_ws(ros_distro):
+    """Each package.xml dependency is ROS 2's base, a ros2_ws package, or on the README's apt line."""
+    names = apt_packages(readme_block(ros_distro)[0])
+    packages = ros2_ws_dependencies()
+    missing = {package: sorted(dep for dep in deps if dep not in ROS_BASE and dep not in packages and dep not in names
+                               and f"ros-{ros_distro}-{dep.replace('_', '-')}" not in names)
+               for package, deps in packages.items()}
+    assert not any(missing.values()), f"README {ros_distro} apt line lacks: {missing}"
 
 
 def test_the_readme_robot_install_runs_as_written_and_the_launched_node_captions(ros_distro, adapters, tmp_path):

@@ -6,8 +6,7 @@ ros2_stack.DISTROS (ids ``[humble]``, ``[jazzy]``), marked with the distribution
 ``--ros-distro jazzy`` runs one tree only. Each worker process makes its environment once per distribution;
 the colcon build of ros2_ws is shared by the run's workers. Tests of one ``xdist_group`` share a worker per
 distribution (the group's launched node is shared, not repeated), so the Humble and Jazzy halves of a group
-run side by side. A test marked ``ros_once`` (a long check) runs on one distribution only: the last one
-selected.
+run side by side.
 """
 
 from __future__ import annotations
@@ -40,11 +39,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test whose fixtures include ros_distro (ros_env does) gets one case per selected distribution."""
     if "ros_distro" not in metafunc.fixturenames:
         return
-    distros = selected_distros(metafunc.config)
-    if metafunc.definition.get_closest_marker("ros_once"):
-        distros = distros[-1:]
     metafunc.parametrize("ros_distro", [pytest.param(distro, id=distro, marks=getattr(pytest.mark, distro))
-                                     for distro in distros], indirect=True, scope="session")
+                                     for distro in selected_distros(metafunc.config)],
+                         indirect=True, scope="session")
 
 
 def distro_of(item: pytest.Item) -> str | None:

@@ -28,8 +28,7 @@ def test_through_a_fixture(launched):
     pass
 
 
-@pytest.mark.ros_once
-def test_long_stream(ros_distro):
+def test_distro_only(ros_distro):
     pass
 
 
@@ -48,7 +47,7 @@ def _collected(pytester: pytest.Pytester, *args: str) -> dict[str, pytest.Item]:
 
 def test_a_test_that_uses_ros_env_runs_once_per_distribution_and_is_marked_with_it(pytester):
     items = _collected(pytester)
-    assert sorted(items) == ["test_long_stream[jazzy]", "test_through_a_fixture[humble]",
+    assert sorted(items) == ["test_distro_only[humble]", "test_distro_only[jazzy]", "test_through_a_fixture[humble]",
                              "test_through_a_fixture[jazzy]", "test_without_ros"]
     for distro in ros2_stack.DISTROS:
         item = items[f"test_through_a_fixture[{distro}]"]
@@ -60,10 +59,10 @@ def test_a_test_that_uses_ros_env_runs_once_per_distribution_and_is_marked_with_
     assert [mark.args for mark in items["test_without_ros"].iter_markers("xdist_group")] == [("launched",)]
 
 
-def test_ros_distro_picks_one_tree_and_ros_once_runs_on_the_last_selected(pytester):
+def test_ros_distro_or_a_mark_picks_one_tree(pytester):
     assert sorted(_collected(pytester, "--ros-distro", "humble")) == [
-        "test_long_stream[humble]", "test_through_a_fixture[humble]", "test_without_ros"]
-    assert sorted(_collected(pytester, "-m", "jazzy")) == ["test_long_stream[jazzy]", "test_through_a_fixture[jazzy]"]
+        "test_distro_only[humble]", "test_through_a_fixture[humble]", "test_without_ros"]
+    assert sorted(_collected(pytester, "-m", "jazzy")) == ["test_distro_only[jazzy]", "test_through_a_fixture[jazzy]"]
 
 
 def test_both_distributions_are_selected_by_default(pytestconfig):

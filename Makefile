@@ -28,8 +28,8 @@ $(VENV)/.transformers-lines: $(VENV)/.installed Makefile
 	done
 	touch $@
 
-# The node tests extract ../shared/ros2-humble once into .ros2/ and colcon-build ros2_ws on it (or use a
-# sourced ROS 2): see bench/ros2_stack.py.
+# The node tests extract ../shared/ros2-humble and ../shared/ros2-jazzy once into .ros2/ and colcon-build ros2_ws on
+# each (or use a sourced ROS 2), and run on both: see bench/ros2_stack.py and tests/ros_env.py.
 # cv_bridge (in the shared ROS 2 trees) loads Debian's OpenCV 4.6 and boost-python at run time
 ROS_APT_LIBS := libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406 libboost-python1.74.0
 ros-system-libs:

@@ -9,6 +9,7 @@ its own per pytest-xdist worker and distribution.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -110,17 +111,59 @@ def base_environment(distro: str = "humble") -> dict[str, str]:
         return env
     if not TARBALLS[distro].is_file():
         raise Ros2UnavailableError(UNAVAILABLE.format(distro=distro, tarball=TARBALLS[distro]))
-    for name in ("AMENT_PREFIX_PATH", "CMAKE_PREFIX_PATH", "COLCON_PREFIX_PATH", "ROS_DISTRO", "ROS_VERSION",
-                 "ROS_PYTHON_VERSION", "ROS_LOCALHOST_ONLY", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
-        env.pop(name, None)  # another distribution sourced in this shell must not leak into this one
-    return _source([extract_tree(distro)], env)
+    return _source([extract_tree(distro)], _unsourced(env))
+
+
+def _unsourced(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without a ROS 2 sourced in it (another distribution must not leak into this one): its variables,
+    and every entry of a path list (PATH, PYTHONPATH, LD_LIBRARY_PATH, ...) inside one of its install prefixes."""
+    prefixes = {entry.rstrip("/") for name in ("AMENT_PREFIX_PATH", "COLCON_PREFIX_PATH", "CMAKE_PREFIX_PATH")
+                for entry in env.get(name, "").split(os.pathsep) if entry.strip("/")}
+    ros_names = {"AMENT_PREFIX_PATH", "CMAKE_PREFIX_PATH", "COLCON_PREFIX_PATH", "ROS_DISTRO", "ROS_VERSION",
+                 "ROS_PYTHON_VERSION", "ROS_PACKAGE_PATH", *(name for names in LOCALHOST.values() for name in names)}
+    kept = {}
+    for name, value in env.items():
+        if name in ros_names:
+            continue
+        if any(prefix in value for prefix in prefixes):
+            value = os.pathsep.join(entry for entry in value.split(os.pathsep) if not _inside(entry, prefixes))
+            if not value:
+                continue
+        kept[name] = value
+    return kept
+
+
+def _inside(path: str, prefixes: set[str]) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in prefixes)
+
+
+def _sources_stamp(distro: str) -> str:
+    """What a build of ros2_ws depends on: the distribution and every file under ros2_ws/src (names, bytes)."""
+    digest = hashlib.sha256(distro.encode())
+    for path in sorted(p for p in SRC.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(f"\0{path.relative_to(SRC)}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def built_workspace(folder: Path, distro: str, base: dict[str, str]) -> Path:
+    """ros2_ws built on ``distro`` into ``folder``, once: processes that share ``folder`` (pytest-xdist workers)
+    wait for the first build and reuse it while ros2_ws/src is unchanged. The install folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp, marker = _sources_stamp(distro), folder / "built-from.txt"
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (marker.is_file() and marker.read_text() == stamp):
+            marker.unlink(missing_ok=True)
+            colcon_build(SRC, folder, base)
+            marker.write_text(stamp)
+    return folder / "install"
 
 
 def environment(folder: Path, distro: str = "humble") -> dict[str, str]:
-    """The environment every ROS subprocess runs in: ROS ``distro`` + ros2_ws built into ``folder``, this repo
-    importable, DDS on loopback in a domain of its own."""
+    """The environment every ROS subprocess runs in: ROS ``distro`` + ros2_ws built into ``folder`` (or the
+    build already there, see built_workspace), this repo importable, DDS on loopback in a domain of its own."""
     base = base_environment(distro)
-    install = colcon_build(SRC, folder, base)
+    install = built_workspace(folder, distro, base)
     env = _source([install / "local_setup.sh"], base)
     env.update(LOCALHOST[distro], ROS_DOMAIN_ID=str(domain_id(distro)), PYTHONUNBUFFERED="1",
                RCUTILS_COLORIZED_OUTPUT="0", HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",

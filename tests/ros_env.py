@@ -1,7 +1,17 @@
-"""pytest side of bench/ros2_stack.py: the session's ROS 2 environment, or a skip that says how to get one."""
+"""pytest side of bench/ros2_stack.py: each ROS 2 distribution's environment, or a skip that says how to get one.
+
+A test opts into the ROS tier by taking ``ros_env`` (directly or through another fixture), or only
+``ros_distro`` (the distribution's name, nothing built): it then runs once per distribution of
+ros2_stack.DISTROS (ids ``[humble]``, ``[jazzy]``), marked with the distribution's name, so ``-m jazzy`` or
+``--ros-distro jazzy`` runs one tree only. Each worker process makes its environment once per distribution;
+the colcon build of ros2_ws is shared by the run's workers. Tests of one ``xdist_group`` share a worker per
+distribution (the group's launched node is shared, not repeated), so the Humble and Jazzy halves of a group
+run side by side.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,17 +22,76 @@ import yaml
 
 from bench import ros2_stack
 
-DISTRO = "humble"
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--ros-distro", action="append", choices=ros2_stack.DISTROS, default=None,
+                     help="run the ROS tests on this ROS 2 distribution only (repeatable; default: "
+                          f"{', '.join(ros2_stack.DISTROS)})")
+
+
+def selected_distros(config: pytest.Config) -> list[str]:
+    """The distributions the ROS tests run on, in ros2_stack.DISTROS order."""
+    chosen = config.getoption("--ros-distro") or ros2_stack.DISTROS
+    return [distro for distro in ros2_stack.DISTROS if distro in chosen]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test whose fixtures include ros_distro (ros_env does) gets one case per selected distribution."""
+    if "ros_distro" not in metafunc.fixturenames:
+        return
+    metafunc.parametrize("ros_distro", [pytest.param(distro, id=distro, marks=getattr(pytest.mark, distro))
+                                     for distro in selected_distros(metafunc.config)],
+                         indirect=True, scope="session")
+
+
+def distro_of(item: pytest.Item) -> str | None:
+    """The ROS 2 distribution a collected test runs on; None for a test without ros_distro."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("ros_distro") if callspec else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """xdist_group("x") becomes one group per distribution (pytest-xdist joins a test's group names)."""
+    for item in items:
+        distro = distro_of(item)
+        if distro and item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(distro))
+
+
+_ENVIRONMENTS: dict[str, dict[str, str] | str] = {}  # per distribution: the environment, or why there is none
+
+
+def _run_folder(factory: pytest.TempPathFactory) -> Path:
+    """The temporary folder of this pytest run, shared by its xdist workers (each works in its own below it)."""
+    base = factory.getbasetemp()
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
 
 
 @pytest.fixture(scope="session")
-def ros_env(tmp_path_factory) -> dict[str, str]:
-    """Environment for ROS subprocesses: ROS 2 sourced, ros2_ws (blip_captioner, blip_captioner_msgs) built on
-    top by colcon, one DDS domain per worker."""
-    try:
-        return ros2_stack.environment(tmp_path_factory.mktemp("ros2_ws"), DISTRO)
-    except ros2_stack.Ros2UnavailableError as missing:
-        pytest.skip(str(missing))
+def ros_distro(request: pytest.FixtureRequest) -> str:
+    """The ROS 2 distribution this case runs on (pytest_generate_tests gives one case per distribution)."""
+    distro = getattr(request, "param", None)
+    if distro not in ros2_stack.DISTROS:
+        raise pytest.UsageError(f"ros_distro is parametrized in tests/ros_env.py, got {distro!r}")
+    return distro
+
+
+@pytest.fixture(scope="session")
+def ros_env(ros_distro: str, tmp_path_factory) -> dict[str, str]:
+    """Environment for ROS subprocesses: ROS 2 ``ros_distro`` sourced, ros2_ws (blip_captioner,
+    blip_captioner_msgs) built on top by colcon, one DDS domain per worker and distribution. Made once per
+    process and distribution (pytest may switch back and forth between them)."""
+    distro = ros_distro
+    if distro not in _ENVIRONMENTS:
+        try:
+            _ENVIRONMENTS[distro] = ros2_stack.environment(_run_folder(tmp_path_factory) / f"ros2_ws-{distro}",
+                                                           distro)
+        except ros2_stack.Ros2UnavailableError as missing:
+            _ENVIRONMENTS[distro] = str(missing)
+    if isinstance(_ENVIRONMENTS[distro], str):
+        pytest.skip(_ENVIRONMENTS[distro])
+    return dict(_ENVIRONMENTS[distro])
 
 
 MAX_NEW_TOKENS = 8

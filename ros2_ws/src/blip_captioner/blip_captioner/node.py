@@ -35,10 +35,14 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
-from rclpy.qos_event import SubscriptionEventCallbacks
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
+
+try:  # Jazzy: rclpy.event_handler (importing rclpy.qos_event warns there); Humble has rclpy.qos_event only
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:
+    from rclpy.qos_event import SubscriptionEventCallbacks
 
 from blip_captioner.params import (
     FLOATS,

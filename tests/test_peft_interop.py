@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import peft
 import pytest
 import torch
 
@@ -11,7 +12,6 @@ from blip_lora_core import AdapterError, LoraConfig, export_peft, import_peft, i
 from blip_lora_core.lora.hooks import lora_layers, lora_state_dict
 from blip_lora_core.models.loading import load_blip
 
-peft = pytest.importorskip("peft")
 CONFIG = LoraConfig(r=4, alpha=8, targets=(r"vision_model\..*", r"text_decoder\..*\.self\.(query|value)"))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 from datetime import datetime
 
@@ -144,6 +145,31 @@ def test_metadata_that_lies_about_the_rank(tiny_bundle, tmp_path):
     path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
     bad = _rewrite(path, tmp_path / "b.safetensors", mutate_meta=lambda m: m.update(r="8"))
     with pytest.raises(AdapterError, match="do not have rank r=8"):
+        read_adapter(bad)
+
+
+@pytest.mark.parametrize("side, shape", [("A", (5, 64)), ("A", (3, 64)), ("B", (192, 5)), ("B", (192, 3)),
+                                         ("A", (4, 64, 1)), ("B", (192,))])
+def test_each_tensor_must_have_the_files_rank(tiny_bundle, tmp_path, side, shape):
+    """lora_A (r, in) and lora_B (out, r) are checked one by one: one tensor of another rank is refused."""
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    layer = "vision_model.encoder.layers.1.self_attn.qkv"  # (192, 64)
+
+    def reshape(tensors):
+        tensors[f"{layer}.lora_{side}"] = torch.ones(shape)
+
+    bad = _rewrite(path, tmp_path / "b.safetensors", mutate_tensors=reshape)
+    with pytest.raises(AdapterError, match=rf"b.safetensors: layer {layer}: .*{re.escape(str(shape))}.*rank r=4"):
+        read_adapter(bad)
+
+
+@pytest.mark.parametrize("shape", [(8, 7), (8, 9), (7, 8), (9, 8), (64,), (8, 8, 1)])
+def test_base_probe_must_have_one_row_of_8_values_per_layer(tiny_bundle, tmp_path, shape):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    assert read_adapter(path)[1]["base_probe"].shape == (8, 8)  # 8 adapted layers
+    bad = _rewrite(path, tmp_path / "p.safetensors", mutate_tensors=lambda t: t.update(base_probe=torch.ones(shape)))
+    with pytest.raises(AdapterError, match=rf"p.safetensors: base_probe has shape {re.escape(str(shape))}, "
+                                           r"expected \(8, 8\)"):
         read_adapter(bad)
 
 

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test mutation demo bench gpu-bench clean
+.PHONY: test mutation demo bench gpu-bench clean ros-system-libs
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,14 @@ $(VENV)/.transformers-lines: $(VENV)/.installed Makefile
 
 # The node tests extract ../shared/ros2-humble once into .ros2/ and colcon-build ros2_ws on it (or use a
 # sourced ROS 2): see bench/ros2_stack.py.
-test: $(VENV)/.installed $(VENV)/.transformers-lines
+# cv_bridge (in the shared ROS 2 trees) loads Debian's OpenCV 4.6 and boost-python at run time
+ROS_APT_LIBS := libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406 libboost-python1.74.0
+ros-system-libs:
+	@dpkg -s $(ROS_APT_LIBS) >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends $(ROS_APT_LIBS) >/dev/null; } || \
+	  echo "cv_bridge needs: apt-get install $(ROS_APT_LIBS)"
+
+test: $(VENV)/.installed $(VENV)/.transformers-lines ros-system-libs
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 

@@ -166,7 +166,7 @@ def _train_step(model, batch, optimizer, autocast, plain: bool):
 
 
 def train_rows(bundle, args, notes: list[str]) -> list[Row]:
-    from blip_lora_core._compat import use_eager_attention
+    from blip_lora_core.models.blip_internals import set_attention
     from blip_lora_core.train.precision import store_frozen_matmul_weights
 
     from . import rows_lora
@@ -174,7 +174,7 @@ def train_rows(bundle, args, notes: list[str]) -> list[Row]:
     device = torch.device(args.device)
     model = bundle.model.float()
     pair = rows_lora.lora_pair(model)
-    use_eager_attention(pair.theirs)  # what from_pretrained gives a user: transformers' own attention
+    set_attention(pair.theirs, "eager")  # what from_pretrained gives a user: transformers' own attention
     store_frozen_matmul_weights(pair.ours, "bf16")  # as train() does for precision bf16
     pair.ours.train()
     pair.theirs.train()

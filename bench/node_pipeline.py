@@ -130,7 +130,7 @@ class RealtimeResult:
 def run_realtime(model: Model, frames: int, fps: float, max_rate_hz: float) -> RealtimeResult:
     """Publish ``frames`` images at ``fps`` with real sleeps; the pipeline's worker captions meanwhile."""
     ages: list[float] = []
-    pipe = CaptionPipeline(model.timed, lambda text, stamp: ages.append(time.monotonic() - stamp),
+    pipe = CaptionPipeline(model.timed, lambda event: ages.append(time.monotonic() - event.stamp),
                            max_rate_hz=max_rate_hz, name="/bench/image_raw")
     pipe.start()
     start = time.monotonic()
@@ -157,6 +157,7 @@ class DdsResult(RealtimeResult):
 
     received: int = 0
     rss: list[tuple[float, float]] = field(default_factory=list)
+    stamps_matched: bool = True  # every caption's stamp is a sent frame's
 
     def rss_drift_mib(self, after_s: float = 5.0) -> float:
         """RSS change of the node from ``after_s`` seconds into the stream to its end (warm-up excluded)."""
@@ -181,11 +182,12 @@ def run_real_dds(model_dir: str, seconds: float, fps: float, folder: Path, env: 
     env = env or ros2_stack.environment(folder / "ros2_ws")
     config = yaml.safe_load((ros2_stack.SRC / "blip_captioner" / "config" / "captioner.yaml").read_text())
     config["/**"]["ros__parameters"].update(model=model_dir, device="cpu", max_rate_hz=0.0,
-                                            max_new_tokens=max_new_tokens, image_topic="/bench/image_raw")
+                                            max_new_tokens=max_new_tokens)
     params = folder / "bench_params.yaml"
     params.write_text(yaml.safe_dump(config))
     node = ros2_stack.Launched(env, ["ros2", "launch", "blip_captioner", "blip_captioner.launch.py",
-                                     f"params_file:={params}"], folder / "bench_launch.log")
+                                     f"params_file:={params}", "image_topic:=/bench/image_raw"],
+                                 folder / "bench_launch.log")
     try:
         node.wait_for("[blip_captioner]: captioning")
         pid = int(re.search(r"\[blip_captioner-1\]: process started with pid \[(\d+)\]", node.output()).group(1))
@@ -208,10 +210,13 @@ def run_real_dds(model_dir: str, seconds: float, fps: float, folder: Path, env: 
         code = node.stop()
     if code != 0:
         raise RuntimeError(f"the node did not stop cleanly (exit {code}):\n{node.output()[-3000:]}")
-    last = [d for d in report["diagnostics"] if d["name"] == "blip_captioner: captioning"][-1]["values"]
+    last = [d for d in report["diagnostics"] if d["name"] == "/blip_captioner: captioning"][-1]["values"]
     return DdsResult("tiny BLIP, node over real DDS", report["sent"], seconds, len(report["ages"]), report["ages"],
-                     statistics.median(report["latencies"]), int(last["frames_dropped"]),
-                     int(last["decode_errors"]) + int(last["inference_errors"]), int(last["frames_received"]), rss)
+                     statistics.median(report["latencies"]),
+                     int(last["frames_replaced"]) + int(last["frames_rate_limited"]),
+                     int(last["decode_errors"]) + int(last["inference_errors"]), int(last["frames_received"]),
+                     rss,
+                     report["unmatched_stamps"] == 0)
 
 
 # ---------------------------------------------------------------- memory, simulated clock
@@ -260,7 +265,7 @@ def run_memory(model: Model, frames: int, fps: float, max_rate_hz: float, every:
         return text
 
     ages: list[float] = []
-    pipe = CaptionPipeline(caption, lambda text, stamp: ages.append(clock() - stamp), clock=clock,
+    pipe = CaptionPipeline(caption, lambda event: ages.append(clock() - event.stamp), clock=clock,
                            max_rate_hz=max_rate_hz, name="/bench/image_raw")
     busy, samples = [0.0], [(0, rss_mib())]
     for index in range(frames):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from blip_lora_core._compat import use_fast_attention
 from blip_lora_core.lora.hooks import LoraConfig, find_targets, inject_lora, lora_layers
+from blip_lora_core.models.blip_internals import set_attention
 from blip_lora_core.models.loading import build_on_meta
 
 from .common import Row, caption_batch, interleave, large_random_model, median, shared_copy
@@ -37,8 +37,8 @@ def lora_pair(model: nn.Module, config: LoraConfig = LORA, seed: int = 0) -> Lor
     import peft
 
     twin = shared_copy(model, lambda: build_on_meta(model.config))
-    use_fast_attention(model)
-    use_fast_attention(twin)
+    set_attention(model, "sdpa")  # as load_blip does
+    set_attention(twin, "sdpa")
     names = find_targets(model, config.targets)
     torch.manual_seed(seed)
     inject_lora(model, config, layer_names=names)

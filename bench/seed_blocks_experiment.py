@@ -19,12 +19,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from blip_lora_core.atomic import write_jsonl
 from blip_lora_core.errors import ConfigError
 from blip_lora_core.lora.adapter_io import load_adapter
 from blip_lora_core.lora.hooks import DEFAULT_TARGETS
 from blip_lora_core.models.loading import load_blip
 from blip_lora_core.train.config import TrainConfig
-from blip_lora_core.train.data import Sample, read_jsonl, sample_to_row, write_jsonl
+from blip_lora_core.train.data import Sample, read_jsonl, sample_to_row
 from blip_lora_core.train.loop import evaluate, predict, train
 from blip_lora_core.train.metrics import caption_metrics, references_by_class
 from blip_lora_training import demo

@@ -41,6 +41,32 @@ def tiny_bundle(tiny_model_dir):
     return load_blip(str(tiny_model_dir), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def to_tensor():
+    """The image transform of tests that need no model: PIL image -> (3, 16, 16) float tensor in [0, 1]."""
+    import numpy as np
+
+    def image_tensor(image) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(image.resize((16, 16)), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+    return image_tensor
+
+
+@pytest.fixture(scope="session")
+def train_config(tiny_model_dir):
+    """train_config(data, out, **overrides) -> a TrainConfig for a few seconds of training of the tiny model
+    on CPU: fp32, batch 2, LoRA r 4 alpha 8 without dropout, no workers, no progress bar."""
+    from blip_lora_core.train.config import load_config
+
+    def make(data, out, **overrides):
+        values = dict(model=str(tiny_model_dir), train_file=str(data), output_dir=str(out), batch_size=2,
+                      grad_accum=1, epochs=1, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0,
+                      progress=False, lora=dict(r=4, alpha=8, dropout=0.0), seed=3, max_new_tokens=5)
+        return load_config(None, {**values, **overrides})
+
+    return make
+
+
 @pytest.fixture()
 def pixels() -> torch.Tensor:
     """(2, 3, 64, 64) seeded random pixel values for the tiny model."""

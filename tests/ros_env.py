@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,12 +12,15 @@ import yaml
 
 from bench import ros2_stack
 
+DISTRO = "humble"
+
 
 @pytest.fixture(scope="session")
 def ros_env(tmp_path_factory) -> dict[str, str]:
-    """Environment for ROS subprocesses: ROS 2 sourced, ros2_ws built on top, one DDS domain per worker."""
+    """Environment for ROS subprocesses: ROS 2 sourced, ros2_ws (blip_captioner, blip_captioner_msgs) built on
+    top by colcon, one DDS domain per worker."""
     try:
-        return ros2_stack.environment(tmp_path_factory.mktemp("ros2_ws"))
+        return ros2_stack.environment(tmp_path_factory.mktemp("ros2_ws"), DISTRO)
     except ros2_stack.Ros2UnavailableError as missing:
         pytest.skip(str(missing))
 
@@ -67,3 +73,34 @@ def write_params(path: Path, **values) -> Path:
     config["/**"]["ros__parameters"].update(values)
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def launch(env: dict[str, str], folder: Path, *arguments: str, log: str = "launch.log") -> ros2_stack.Launched:
+    """`ros2 launch blip_captioner blip_captioner.launch.py ARGUMENTS` in its own process group."""
+    return ros2_stack.Launched(env, ["ros2", "launch", "blip_captioner", "blip_captioner.launch.py", *arguments],
+                               folder / log)
+
+
+def ros2(env: dict[str, str], *arguments: str, timeout: float = 60) -> str:
+    """A ros2 CLI command's output (stdout, then stderr without Cyclone's loopback notice), stripped."""
+    done = ros2_stack.run(env, "ros2", *arguments, timeout=timeout)
+    err = "\n".join(line for line in done.stderr.splitlines() if "disabling multicast" not in line)
+    return (done.stdout + err).strip()
+
+
+def ros2_at_once(env: dict[str, str], *commands: tuple[str, ...]) -> list[str]:
+    """Several ros2 CLI commands side by side (each CLI start takes about a second); their outputs."""
+    processes = [subprocess.Popen(["ros2", *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for command in commands]
+    outputs = [process.communicate(timeout=60) for process in processes]
+    return [(out + "\n".join(line for line in err.splitlines() if "disabling multicast" not in line)).strip()
+            for out, err in outputs]
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 60) -> object:
+    """Poll ``predicate`` until it returns something true (an event: a line logged, a process ended)."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.1)
+    return result

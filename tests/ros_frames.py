@@ -1,4 +1,9 @@
-"""Camera messages for bench/ros_probe.py made from seed_blocks photos, each with the RGB image the node sees."""
+"""Camera messages for bench/ros_probe.py made from seed_blocks photos.
+
+The image the node should see never comes from the decoder under test: rgb8/bgr8 are the source array,
+mono8 the grey array the message was made from; other encodings are decoded by the real cv_bridge in the
+probe process (``bridged``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-
-from blip_lora_core.runtime.image_msgs import decode_compressed, decode_image
 
 SIZE = (96, 72)  # width, height: small messages, the tiny model resizes anyway
 
@@ -32,31 +35,34 @@ def _yuyv(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(packed), 0, 255).astype(np.uint8)
 
 
-def image_frame(rgb: np.ndarray, encoding: str, *, pad: int = 0, **fields) -> tuple[dict, np.ndarray]:
-    """A sensor_msgs/Image of ``rgb`` in ``encoding`` (rows padded by ``pad`` bytes); the image the node sees."""
+def image_frame(rgb: np.ndarray, encoding: str, *, pad: int = 0, **fields) -> tuple[dict, np.ndarray | None]:
+    """A sensor_msgs/Image of ``rgb`` in ``encoding`` (rows padded by ``pad`` bytes); the image the node should
+    see where it is known without decoding (rgb8, bgr8, mono8), else None (ask the probe for cv_bridge's)."""
     height, width = rgb.shape[:2]
-    pixels = {"rgb8": rgb, "bgr8": rgb[..., ::-1], "mono8": cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY),
-              "yuyv": _yuyv(rgb)}[encoding]
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    pixels = {"rgb8": rgb, "bgr8": rgb[..., ::-1], "mono8": gray, "yuv422_yuy2": _yuyv(rgb)}[encoding]
+    seen = {"rgb8": rgb, "bgr8": rgb, "mono8": np.repeat(gray[..., None], 3, axis=2)}.get(encoding)
     rows = np.ascontiguousarray(pixels).reshape(height, -1)
     step = rows.shape[1] + pad
     data = np.full((height, step), 0xEE, np.uint8)
     data[:, : rows.shape[1]] = rows
-    seen = decode_image(height, width, encoding, step, data.tobytes())
-    if encoding in ("rgb8", "bgr8"):
-        np.testing.assert_array_equal(seen, rgb)
     frame = dict(kind="image", encoding=encoding, height=height, width=width, step=step,
                  data_b64=base64.b64encode(data.tobytes()).decode(), **fields)
     return frame, seen
 
 
-def compressed_frame(rgb: np.ndarray, fmt: str, **fields) -> tuple[dict, np.ndarray]:
-    """A sensor_msgs/CompressedImage of ``rgb`` ('jpeg', 'png', 'tiff', '... compressed rgb8'); what the node sees."""
+def compressed_frame(rgb: np.ndarray, fmt: str, **fields) -> tuple[dict, np.ndarray | None]:
+    """A sensor_msgs/CompressedImage of ``rgb`` ('jpeg', 'png', ...); the source array for lossless formats,
+    None for jpeg (ask the probe for cv_bridge's decoding)."""
     kind = next(kind for kind in ("jpeg", "png", "tiff") if kind in fmt)
-    as_rgb = fmt.strip().endswith("rgb8")
-    ok, payload = cv2.imencode({"jpeg": ".jpg", "png": ".png", "tiff": ".tiff"}[kind],
-                               np.ascontiguousarray(rgb if as_rgb else rgb[..., ::-1]))
+    suffix = {"jpeg": ".jpg", "png": ".png", "tiff": ".tiff"}[kind]
+    ok, payload = cv2.imencode(suffix, np.ascontiguousarray(rgb[..., ::-1]))
     assert ok
-    seen = decode_compressed(fmt, payload.tobytes())
-    if kind != "jpeg":
-        np.testing.assert_array_equal(seen, rgb)
-    return dict(kind="compressed", format=fmt, data_b64=base64.b64encode(payload.tobytes()).decode(), **fields), seen
+    frame = dict(kind="compressed", format=fmt, data_b64=base64.b64encode(payload.tobytes()).decode(), **fields)
+    return frame, None if kind == "jpeg" else rgb
+
+
+def bridged(report_frame: dict) -> np.ndarray:
+    """The image cv_bridge decoded in the probe (bridge: true)."""
+    data = base64.b64decode(report_frame["bridge_b64"])
+    return np.frombuffer(data, np.uint8).reshape(report_frame["bridge_shape"]).copy()

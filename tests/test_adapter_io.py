@@ -247,3 +247,15 @@ def test_a_header_length_starting_with_byte_0x80_is_not_taken_for_a_pickle(tiny_
             break
     assert path.read_bytes()[:1] == b"\x80"
     load_adapter(load_blip(str(tiny_model_dir)).model, path)
+
+
+def test_a_file_from_a_newer_format_version_is_refused_by_name(tiny_bundle, tmp_path):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    newer = _rewrite(path, tmp_path / "newer.safetensors", mutate_meta=lambda m: m.update(format_version="2"))
+    with pytest.raises(AdapterError, match=r"newer\.safetensors: adapter format version 2 is newer than the "
+                                           r"version 1 this blip-lora reads: upgrade blip-lora"):
+        read_adapter(newer)
+    odd = _rewrite(path, tmp_path / "odd.safetensors", mutate_meta=lambda m: m.update(format_version="x"))
+    with pytest.raises(AdapterError, match="format_version 'x'"):
+        read_adapter(odd)
+    assert read_adapter(path)[0].layers  # the version this code writes reads back

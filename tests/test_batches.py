@@ -22,11 +22,6 @@ N_SAMPLES, BATCH = 10, 3  # 4 micro-batches per epoch, the last one of a single 
 WORDS = ["red", "green", "blue", "wood", "cube", "on", "top", "of", "a", "one", "two", "three"]
 
 
-def _to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL image -> (3, 16, 16) float tensor in [0, 1]."""
-    return torch.from_numpy(np.asarray(img.resize((16, 16)), dtype=np.float32) / 255.0).permute(2, 0, 1)
-
-
 class _PidDataset(torch.utils.data.Dataset):
     """Items of an ImageCaptionDataset with the id of the process that read them."""
 
@@ -54,7 +49,7 @@ def _pids(items: list[dict]) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory) -> tuple[ImageCaptionDataset, CaptionCollator]:
+def parts(tmp_path_factory, to_tensor) -> tuple[ImageCaptionDataset, CaptionCollator]:
     """A 10-image augmented dataset (captions of different lengths) and its collator."""
     folder = tmp_path_factory.mktemp("stream")
     rng = np.random.default_rng(3)
@@ -67,7 +62,7 @@ def parts(tmp_path_factory) -> tuple[ImageCaptionDataset, CaptionCollator]:
     tokenizer = build_tokenizer(caption_words(WORDS), folder / "tokenizer")
     spec = TokenSpec(tokenizer.bos_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, 32)
     augment = build_augment(AugmentConfig(random_resized_crop=0.3, colour_jitter=0.4, rotation_degrees=10))
-    return ImageCaptionDataset(samples, _to_tensor, augment, seed=5), CaptionCollator(tokenizer, spec)
+    return ImageCaptionDataset(samples, to_tensor, augment, seed=5), CaptionCollator(tokenizer, spec)
 
 
 def _stream(parts, workers: int = 0, *, rank: int = 0, world: int = 1, batch: int = BATCH) -> MicroBatchStream:

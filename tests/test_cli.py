@@ -137,3 +137,30 @@ def test_a_command_whose_extra_is_missing_names_the_extra(monkeypatch, capsys, t
     err = capsys.readouterr().err
     assert err == ("blip-lora eval: error: this command needs the [train] extra (pycocoevalcap is not installed): "
                    "pip install 'blip-lora[train]'\n")
+
+
+def test_the_extras_map_is_pyprojects(monkeypatch):
+    """The module -> extra map the CLI names in its message is read from the package metadata, which
+    pyproject.toml's optional-dependencies write (the test extra is for development, not a command)."""
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    from blip_lora_training.cli import extra_of_module
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    declared = {requirement.split(">")[0].split("=")[0].split("[")[0].strip().replace("-", "_"): extra
+                for extra, requirements in project["optional-dependencies"].items() if extra != "test"
+                for requirement in requirements}
+    assert extra_of_module() == declared and declared["rosbags"] == "bags"
+
+
+def test_debug_shows_the_cause_that_the_one_line_message_summarises(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("lr: [1, 2\n")
+    assert main(["train", "--config", str(config), "--train", "x.jsonl"]) == 2
+    quiet = capsys.readouterr().err
+    assert quiet.count("\n") == 1 and "cannot read YAML configuration" in quiet and "Traceback" not in quiet
+    assert main(["--debug", "train", "--config", str(config), "--train", "x.jsonl"]) == 2
+    loud = capsys.readouterr().err
+    assert "yaml.parser.ParserError" in loud and "direct cause of the following exception" in loud
+    assert loud.endswith(quiet)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from blip_lora_core.atomic import write_jsonl
 from blip_lora_core.errors import ConfigError, DataError
 from blip_lora_core.models.images import load_image
 from blip_lora_core.train.augment import AugmentConfig, build_augment
@@ -23,7 +24,6 @@ from blip_lora_core.train.data import (
     sample_to_row,
     scene_group,
     split_by_order,
-    write_jsonl,
 )
 
 
@@ -224,10 +224,6 @@ def test_write_jsonl_failure_keeps_old_file(tmp_path):
 # --- ImageCaptionDataset ---------------------------------------------------------------------
 
 
-def _to_tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img.resize((16, 16)), dtype=np.float32) / 255.0).permute(2, 0, 1)
-
-
 @pytest.fixture
 def dataset_samples(tmp_path) -> list[Sample]:
     rng = np.random.default_rng(1)
@@ -239,8 +235,8 @@ def dataset_samples(tmp_path) -> list[Sample]:
     return read_jsonl(_write(tmp_path / "d.jsonl", lines))[0]
 
 
-def test_dataset_items(dataset_samples):
-    ds = ImageCaptionDataset(dataset_samples, _to_tensor)
+def test_dataset_items(dataset_samples, to_tensor):
+    ds = ImageCaptionDataset(dataset_samples, to_tensor)
     item = ds[1]
     assert len(ds) == 3
     assert item["pixel_values"].shape == (3, 16, 16) and item["pixel_values"].dtype == torch.float32
@@ -250,28 +246,28 @@ def test_dataset_items(dataset_samples):
         ds[3]
 
 
-def test_dataset_augmentation_is_deterministic_per_seed_epoch_index(dataset_samples):
+def test_dataset_augmentation_is_deterministic_per_seed_epoch_index(dataset_samples, to_tensor):
     augment = build_augment(AugmentConfig(random_resized_crop=0.3, colour_jitter=0.4, rotation_degrees=10))
 
     def pixels(seed: int, epoch: int, index: int) -> torch.Tensor:
-        return ImageCaptionDataset(dataset_samples, _to_tensor, augment, seed=seed)[epoch, index]["pixel_values"]
+        return ImageCaptionDataset(dataset_samples, to_tensor, augment, seed=seed)[epoch, index]["pixel_values"]
 
     assert torch.equal(pixels(0, 1, 0), pixels(0, 1, 0))
     assert not torch.equal(pixels(0, 1, 0), pixels(0, 2, 0))
     assert not torch.equal(pixels(0, 1, 0), pixels(1, 1, 0))
     # Reading items in a different order, epochs interleaved (as other workers would), changes nothing.
-    ds = ImageCaptionDataset(dataset_samples, _to_tensor, augment, seed=0)
+    ds = ImageCaptionDataset(dataset_samples, to_tensor, augment, seed=0)
     keys = [(1, 2), (2, 0), (1, 1), (1, 0)]
     read = {key: ds[key]["pixel_values"] for key in keys}
     assert all(torch.equal(read[epoch, i], pixels(0, epoch, i)) for epoch, i in keys)
     # A plain int is epoch 0; the generator is the one rng_for gives.
     assert torch.equal(ds[1]["pixel_values"], pixels(0, 0, 1))
-    by_hand = _to_tensor(augment(load_image(dataset_samples[1].image), ds.rng_for(0, 1)))
+    by_hand = to_tensor(augment(load_image(dataset_samples[1].image), ds.rng_for(0, 1)))
     assert torch.equal(ds[1]["pixel_values"], by_hand)
 
 
-def test_dataset_keys(dataset_samples):
-    ds = ImageCaptionDataset(dataset_samples, _to_tensor)
+def test_dataset_keys(dataset_samples, to_tensor):
+    ds = ImageCaptionDataset(dataset_samples, to_tensor)
     assert torch.equal(ds[0]["pixel_values"], ds[5, 0]["pixel_values"])  # no augment: the epoch changes nothing
     assert ds[3, -1]["index"] == 2 and ds[np.int64(1)]["index"] == 1
     with pytest.raises(IndexError, match="epoch"):

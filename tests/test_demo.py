@@ -42,3 +42,15 @@ def test_lora_lifts_the_shifted_domain_and_the_base_is_cached(tmp_path):
 
 def test_summary_line_has_two_decimals():
     assert DemoResult(before=0.031, after=0.957, base_exact=1.0).summary == "exact match: before 0.03 -> after 0.96"
+
+
+def test_importing_the_demo_changes_no_environment_variable():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; before = dict(os.environ); import blip_lora_training.demo; "
+            "print(sorted(set(os.environ.items()) ^ set(before.items())))")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_NO_ADVISORY_WARNINGS")}
+    changed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert changed.stdout.strip() == "[]"

@@ -13,10 +13,10 @@ import torch
 from faults import assert_clean_error, failing, full_disk, log_losses, same_adapter, temp_files
 
 from blip_lora_core import BlipLoraError, LoraConfig, inject_lora, read_adapter, save_adapter
+from blip_lora_core.atomic import write_jsonl
 from blip_lora_core.lora.hooks import lora_layers
 from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from blip_lora_core.train.config import load_config
-from blip_lora_core.train.data import read_jsonl, write_jsonl
+from blip_lora_core.train.data import read_jsonl
 from blip_lora_core.train.loop import train
 from blip_lora_training.cli import main
 
@@ -114,16 +114,10 @@ def disk_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_model_dir, disk_data, tmp_path_factory):
+def uninterrupted(train_config, disk_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("disk_reference")
-    return train(_config(tiny_model_dir, disk_data, out)).output_dir / "last.safetensors"
-
-
-def _config(model_dir, data, out, **extra):
-    return load_config(None, dict(model=str(model_dir), train_file=str(data), output_dir=str(out), batch_size=2,
-                                  grad_accum=1, epochs=2, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0,
-                                  progress=False, lora=dict(r=4, alpha=8, dropout=0.1), seed=5, checkpoint_every=2,
-                                  **extra))
+    config = train_config(disk_data, out, epochs=2, lora=dict(r=4, alpha=8, dropout=0.1), seed=5, checkpoint_every=2)
+    return train(config).output_dir / "last.safetensors"
 
 
 def _argv(model_dir, data, out, *extra):

@@ -294,15 +294,15 @@ def test_checkpoint_whose_optimizer_state_does_not_fit_is_a_clear_error(checkpoi
 # -- YAML configurations -------------------------------------------------------------------------
 
 YAML_CASES = {
-    "unknown key": ("lr: 0.1\nbatchsize: 3\n", "unknown setting(s) ['batchsize']"),
-    "wrong type": ("epochs: three\n", "epochs must be int, got str 'three'"),
-    "float for int": ("lora: {r: 4.5}\n", "lora r must be a positive integer, got 4.5"),
+    "unknown key": ("lr: 0.1\nbatchsize: 3\n", "unknown setting(s): batchsize (known: attention, augment, batch_size"),
+    "wrong type": ("epochs: three\n", "epochs must be an integer, got str 'three'"),
+    "float for int": ("lora: {r: 4.5}\n", "lora.r must be an integer, got float 4.5"),
     "flat LoRA key": ("r: 4\n", "LoRA settings ['r'] belong under 'lora:'"),
-    "bad lora option": ("lora: {rank: 4}\n", "unknown lora option(s): rank"),
-    "infinite lr": ("lr: .inf\n", "lr must be a finite number"),
+    "bad lora option": ("lora: {rank: 4}\n", "unknown lora setting(s): rank"),
+    "infinite lr": ("lr: .inf\n", "lr must be a finite number, got inf"),
     "not a mapping": ("- a\n- b\n", "must be a mapping"),
     "syntax": ("lr: [0.1\n", "cannot read YAML configuration (expected ',' or ']'"),
-    "bad augment option": ("augment: {fly: 1}\n", "unknown augment option(s): fly"),
+    "bad augment option": ("augment: {fly: 1}\n", "unknown augment setting(s): fly"),
     "python object tag": ("!!python/object/apply:pathlib.Path.touch [MARKER]\n",
                           "could not determine a constructor for the tag"),
     "python tag in a value": ("lr: !!python/object/apply:pathlib.Path.touch [MARKER]\n",

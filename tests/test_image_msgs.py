@@ -49,7 +49,7 @@ def _enc_rgba(rng: np.random.Generator, rgb: np.ndarray, bgr: bool) -> tuple[np.
 def _enc_mono16(rng: np.random.Generator, rgb: np.ndarray, big: bool) -> tuple[np.ndarray, np.ndarray]:
     values = rng.integers(0, 65536, rgb.shape[:2], dtype=np.uint16)
     raw = values.astype(">u2" if big else "<u2").view(np.uint8).reshape(values.shape[0], -1)
-    return raw, _gray3((values >> 8).astype(np.uint8))
+    return raw, _gray3(np.rint(values * 255.0 / 65535.0).astype(np.uint8))  # cv_bridge's scaling
 
 
 def _enc_yuv422(code: int) -> Encoder:
@@ -183,7 +183,7 @@ def test_decode_matches_reference(encoding: str, height: int, width: int, pad: i
 
 
 @pytest.mark.parametrize("pad", [0, 3])
-def test_mono16_big_endian_takes_high_byte(pad: int) -> None:
+def test_mono16_big_endian_is_read_big_endian(pad: int) -> None:
     rng = np.random.default_rng(7)
     rows, expected = _enc_mono16(rng, np.zeros((4, 6, 3), np.uint8), big=True)
     data, step = _pad(rows, pad, rng)
@@ -195,7 +195,8 @@ def test_mono16_known_values() -> None:
     values = np.array([[0x0000, 0x00FF, 0x0100, 0xAB12, 0xFFFF]], dtype=np.uint16)
     little = decode_image(1, 5, "mono16", 10, values.astype("<u2").tobytes(), is_bigendian=0)
     big = decode_image(1, 5, "mono16", 10, values.astype(">u2").tobytes(), is_bigendian=1)
-    np.testing.assert_array_equal(little[0, :, 0], [0x00, 0x00, 0x01, 0xAB, 0xFF])
+    # round(v * 255 / 65535): 255 -> 0.99 -> 1, 256 -> 1, 43794 -> 170.4 -> 170, 65535 -> 255
+    np.testing.assert_array_equal(little[0, :, 0], [0, 1, 1, 170, 255])
     np.testing.assert_array_equal(big, little)
 
 

@@ -55,7 +55,7 @@ def make(clock: FakeClock, caption=None, **kwargs):
     published: list[tuple[str, float]] = []
     warnings: list[str] = []
     fn = caption or (lambda image: f"frame {int(image[0, 0, 0])}")
-    pipe = CaptionPipeline(fn, lambda text, stamp: published.append((text, stamp)), decode=fake_decode,
+    pipe = CaptionPipeline(fn, lambda event: published.append((event.text, event.stamp)), decode=fake_decode,
                            clock=clock, name="/camera/image_raw", warn=warnings.append, **kwargs)
     return pipe, published, warnings
 
@@ -96,12 +96,21 @@ def test_slot_wake_releases_a_waiting_take():
     slot, result = LatestFrameSlot(), []
     waiter = threading.Thread(target=lambda: result.append(slot.take(timeout=30.0)))
     waiter.start()
-    time.sleep(0.02)
-    started = time.monotonic()
-    slot.wake()
-    waiter.join(5.0)
+    slot.wake()  # before or during the take: either way it returns
+    waiter.join(10.0)
     assert result == [None]
-    assert time.monotonic() - started < 1.0
+
+
+def test_slot_a_wake_before_the_take_is_not_lost():
+    """The worker checks its stop flag, stop() wakes the slot, then the worker takes: it must not sleep."""
+    slot, result = LatestFrameSlot(), []
+    slot.wake()
+    waiter = threading.Thread(target=lambda: result.append(slot.take(timeout=30.0)))
+    waiter.start()
+    waiter.join(10.0)  # the old slot forgot the wake and waited the full 30 s
+    assert result == [None] and not waiter.is_alive()
+    slot.put("x")
+    assert slot.take(timeout=1.0) == "x"  # the wake was used up, not left to empty later takes
 
 
 @settings(max_examples=200, deadline=None)
@@ -160,7 +169,8 @@ def test_rate_limit_waits_then_takes_the_newest_frame():
     clock.t = 100.5
     assert pipe.step() is Outcome.PUBLISHED
     assert published == [("frame 1", 100.0), ("frame 3", 100.45)]
-    assert pipe.stats().frames_dropped == 1
+    stats = pipe.stats()  # frame 2 waited for the rate limit, not for a busy model
+    assert (stats.frames_rate_limited, stats.frames_replaced, stats.frames_dropped) == (1, 0, 1)
     assert pipe.step() is Outcome.IDLE  # rate-limited but nothing waiting
 
 
@@ -232,7 +242,7 @@ def test_real_decoder_rejects_a_bad_image_message():
     bad = TYPES["sensor_msgs/msg/Image"](header=header, height=2, width=2, encoding="rgb8", is_bigendian=0,
                                          step=6, data=np.zeros(5, np.uint8))  # needs 12 bytes
     warnings: list[str] = []
-    pipe = CaptionPipeline(lambda image: "x", lambda text, stamp: None, clock=clock, name="/cam",
+    pipe = CaptionPipeline(lambda image: "x", lambda event: None, clock=clock, name="/cam",
                            warn=warnings.append)
     pipe.submit(bad, stamp_seconds(bad))
     assert pipe.step() is Outcome.DECODE_ERROR
@@ -250,7 +260,7 @@ def test_inference_errors_are_counted_and_the_worker_survives():
         return "fine"
 
     published, warnings = [], []
-    pipe = CaptionPipeline(flaky, lambda text, stamp: published.append(text), decode=fake_decode,
+    pipe = CaptionPipeline(flaky, lambda event: published.append(event.text), decode=fake_decode,
                            name="/cam", warn=warnings.append)
     pipe.start()
     try:
@@ -269,8 +279,8 @@ def test_inference_errors_are_counted_and_the_worker_survives():
 def test_a_failing_publish_does_not_kill_the_worker():
     attempts = []
 
-    def publish(text, stamp):
-        attempts.append(text)
+    def publish(event):
+        attempts.append(event.text)
         if len(attempts) == 1:
             raise RuntimeError("context is shut down")
 
@@ -300,7 +310,7 @@ def test_worker_captions_the_newest_frame_after_a_slow_inference():
         return f"frame {seen[-1]}"
 
     published = []
-    pipe = CaptionPipeline(blocking, lambda text, stamp: published.append((text, stamp)), decode=fake_decode)
+    pipe = CaptionPipeline(blocking, lambda event: published.append((event.text, event.stamp)), decode=fake_decode)
     pipe.start()
     try:
         pipe.submit(frame(1), 1.0)
@@ -313,12 +323,13 @@ def test_worker_captions_the_newest_frame_after_a_slow_inference():
         pipe.stop()
     assert published == [("frame 1", 1.0), ("frame 10", 10.0)]
     stats = pipe.stats()
-    assert (stats.frames_received, stats.frames_dropped, stats.captions_published) == (10, 8, 2)
+    assert (stats.frames_received, stats.frames_replaced, stats.frames_rate_limited, stats.captions_published) == \
+        (10, 8, 0, 2)
 
 
 def test_worker_honours_the_rate_limit_in_real_time():
     published = []
-    pipe = CaptionPipeline(lambda image: "x", lambda text, stamp: published.append(time.monotonic()),
+    pipe = CaptionPipeline(lambda image: "x", lambda event: published.append(time.monotonic()),
                            decode=fake_decode, max_rate_hz=20.0)
     pipe.start()
     try:
@@ -402,7 +413,8 @@ def test_stamp_seconds_and_frame_description():
 
 
 def healthy(**changes) -> PipelineStats:
-    base = dict(frames_received=300, frames_dropped=280, captions_made=20, captions_published=20,
+    base = dict(frames_received=300, frames_replaced=30, frames_rate_limited=250, captions_made=20,
+                captions_published=20,
                 last_latency_s=0.1, mean_latency_s=0.1, caption_rate_hz=2.0, last_caption_age_s=0.15,
                 since_last_frame_s=0.03, since_last_caption_s=0.4, uptime_s=10.0)
     base.update(changes)
@@ -414,10 +426,10 @@ def test_diagnose_ok_lists_every_statistic():
     assert diagnosis.level is Level.OK
     assert diagnosis.message == "captioning at 2.00 Hz"
     values = dict(diagnosis.values)
-    assert values["frames_received"] == "300" and values["frames_dropped"] == "280"
+    assert (values["frames_received"], values["frames_replaced"], values["frames_rate_limited"]) == ("300", "30", "250")
     assert values["last_caption_age_s"] == "0.150" and values["decode_errors"] == "0"
-    assert [key for key, _ in stats_values(PipelineStats())][:3] == ["frames_received", "frames_dropped",
-                                                                      "decode_errors"]
+    assert [key for key, _ in stats_values(PipelineStats())][:4] == ["frames_received", "frames_replaced",
+                                                                      "frames_rate_limited", "decode_errors"]
     assert dict(stats_values(PipelineStats()))["mean_latency_s"] == "n/a"
 
 
@@ -448,3 +460,78 @@ def test_diagnose_puts_the_worst_problem_first_and_honours_thresholds():
     assert diagnosis.message == ("every frame failed (2 not decodable, 0 inference errors); "
                                  "captions lag 0.90 s behind the camera")
     assert diagnose(healthy(last_caption_age_s=0.9)).level is Level.OK
+
+
+# -- one result per frame, clocks, throttles, stopping -----------------------------------------------------
+
+
+def test_the_publisher_gets_one_event_with_the_frame_text_confidence_and_timings():
+    clock = FakeClock(10.0)
+    result = SimpleNamespace(text="One blue cube", confidence=0.25)
+
+    def caption(image):
+        clock.advance(0.5)
+        return result
+
+    events = []
+    pipe = CaptionPipeline(caption, events.append, decode=fake_decode, clock=clock)
+    msg = SimpleNamespace(index=3, encoding="rgb8", width=2, height=2, header="the image's header")
+    pipe.submit(msg, stamp=7.0)
+    assert pipe.step() is Outcome.PUBLISHED
+    (event,) = events
+    assert (event.msg, event.header, event.stamp, event.text, event.confidence) == \
+        (msg, "the image's header", 7.0, "One blue cube", 0.25)
+    assert (event.decode_s, event.inference_s) == (0.0, 0.5)
+
+
+def test_the_rate_limit_counts_in_the_rate_clock_not_the_wall_clock():
+    """A replay's ROS clock: wall time runs on, but no new caption until the ROS clock allowed one."""
+    wall, ros = FakeClock(0.0), FakeClock(500.0)
+    pipe, published, _ = make(wall, max_rate_hz=1.0, rate_clock=ros)
+    pipe.submit(frame(1), 500.0)
+    assert pipe.step() is Outcome.PUBLISHED
+    wall.advance(10.0)  # ten wall seconds, the bag paused
+    pipe.submit(frame(2), 500.0)
+    assert pipe.step() is Outcome.RATE_LIMITED
+    ros.advance(1.0)
+    assert pipe.step() is Outcome.PUBLISHED
+    ros.t = 100.0  # the replay starts again from an earlier time: the limit starts afresh
+    pipe.submit(frame(3), 100.0)
+    assert pipe.step() is Outcome.PUBLISHED
+    assert [text for text, _ in published] == ["frame 1", "frame 2", "frame 3"]
+
+
+def test_each_kind_of_failure_has_its_own_throttle():
+    clock = FakeClock()
+    pipe, _, warnings = make(clock)
+    for encoding in ["foo16", "foo16", "bar8", "foo16", "bar8"]:
+        pipe.submit(frame(1, encoding), 0.0)
+        pipe.step()
+    assert len(warnings) == 2 and "foo16" in warnings[0] and "bar8" in warnings[1]
+    clock.advance(6.0)
+    pipe.submit(frame(1, "bar8"), 0.0)
+    pipe.step()
+    assert warnings[2].endswith("(1 similar messages suppressed)") and "bar8" in warnings[2]  # not 3
+
+
+def test_a_stop_that_timed_out_never_leaves_two_workers():
+    busy, release = threading.Event(), threading.Event()
+
+    def blocking(image):
+        busy.set()
+        assert release.wait(10.0)
+        return "x"
+
+    pipe = CaptionPipeline(blocking, lambda event: None, decode=fake_decode, name="/slow")
+    pipe.start()
+    pipe.submit(frame(1), 0.0)
+    assert busy.wait(10.0)
+    assert pipe.stop(timeout=0.01) is False  # still captioning
+    starter = threading.Thread(target=pipe.start)
+    starter.start()  # waits for the old worker instead of starting a second one beside it
+    assert [t.name for t in threading.enumerate()].count("caption:/slow") == 1
+    release.set()
+    starter.join(10.0)
+    assert not starter.is_alive() and pipe.running
+    assert [t.name for t in threading.enumerate()].count("caption:/slow") == 1
+    assert pipe.stop() is True and not pipe.running

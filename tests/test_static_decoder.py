@@ -259,11 +259,11 @@ def test_caption_settings_are_validated(bad, match):
 @pytest.mark.xdist_group("blip_large")
 def test_same_tokens_as_generate_on_blip_large_random_weights():
     """BLIP-large's architecture (random weights, fp32, 384 px): 2 images without a prompt, 1 with."""
-    from blip_lora_core._compat import use_fast_attention
+    from blip_lora_core.models.blip_internals import set_attention
     from blip_lora_core.models.loading import blip_large_config, build_random_blip
 
     model = build_random_blip(blip_large_config(), seed=0)
-    use_fast_attention(model)  # as load_blip does
+    set_attention(model, "sdpa")  # as load_blip does
     decoder = StaticGreedyDecoder(model)
     pixels = _pixels(2, size=384)
     expected = _generate(model, pixels, [], 5)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from blip_lora_core.errors import ConfigError, DataError
+from blip_lora_core.errors import BlipLoraError, ConfigError, DataError
 from blip_lora_training import synth
 from blip_lora_training.synth import COLOURS, DOMAINS, Scene, all_scenes, caption_for, render, write_dataset
 
@@ -263,6 +265,53 @@ def test_write_is_atomic_and_refuses_foreign_folders(tmp_path, monkeypatch):
     with pytest.raises(DataError):
         write_dataset(foreign, 2, seed=0)
     assert (foreign / "holiday.jpg").read_bytes() == b"x"
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_failed_swap_keeps_the_previous_dataset(tmp_path, monkeypatch):
+    """The rename of the new dataset into place fails: the dataset from before is back in place, whole."""
+    out = tmp_path / "ds"
+    write_dataset(out, 4, seed=0, size=(32, 24))
+    before = _files(out)
+    failed = []
+
+    def fails_once_into_place(real):
+        def move(src, dst, *args, **kwargs):
+            if Path(dst) == out and not failed:
+                failed.append(src)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(src, dst, *args, **kwargs)
+        return move
+
+    monkeypatch.setattr(os, "replace", fails_once_into_place(os.replace))
+    monkeypatch.setattr(os, "rename", fails_once_into_place(os.rename))
+    with pytest.raises((OSError, BlipLoraError)):
+        write_dataset(out, 3, seed=1, size=(32, 24))
+    assert failed and _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no staging or set-aside folder left
+
+
+def test_every_file_is_synced_before_the_dataset_is_renamed_into_place(tmp_path, monkeypatch):
+    out, synced, at_rename = tmp_path / "ds", [], []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        return real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst) == out:
+            at_rename.extend(synced)
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_dataset(out, 3, seed=1, size=(32, 24))
+    files = {p.name for p in out.rglob("*") if p.is_file()}
+    assert len(files) == 5 and files <= set(at_rename)  # 3 images, annotations.jsonl, synth.json
 
 
 # ---------------------------------------------------------------- command line

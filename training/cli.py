@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import importlib.metadata
 import logging
+import re
 import sys
+import traceback
 
 from blip_lora_core.errors import BlipLoraError
 from blip_lora_core.models.loading import disable_progress_bars
@@ -14,8 +18,21 @@ from blip_lora_core.models.loading import disable_progress_bars
 # `func=run`, where `run(args) -> int`. Registering needs only the base install; a command's run()
 # imports what its extra brings.
 COMMAND_MODULES = ("train", "caption", "eval", "export", "synth", "bag")
-# top-level module -> the pip extra that installs it
-EXTRA_OF_MODULE = {"pycocoevalcap": "train", "matplotlib": "train", "tqdm": "train", "rosbags": "bags"}
+DEV_EXTRAS = ("test",)  # extras for developing blip-lora, not for running a command
+_EXTRA_REQUIREMENT = re.compile(r"""([A-Za-z0-9][A-Za-z0-9._-]*).*;\s*extra\s*==\s*["']([^"']+)["']""")
+
+
+@functools.cache
+def extra_of_module() -> dict[str, str]:
+    """Top-level module -> the pip extra that installs it, read from the installed package's metadata (the
+    extras are written once, in pyproject.toml). Module names are the distribution names in lower case
+    with - as _ (true of every extra's dependency)."""
+    found = {}
+    for requirement in importlib.metadata.requires("blip-lora") or []:
+        match = _EXTRA_REQUIREMENT.match(requirement)
+        if match and match[2] not in DEV_EXTRAS:
+            found[match[1].lower().replace("-", "_")] = match[2]
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="blip-lora",
         description="Fine-tune BLIP image captioning with hook-based LoRA adapters, and use them.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", "--debug", dest="verbose", action="store_true",
+                        help="log debug messages; on an error, also print the traceback with its causes")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"blip_lora_training.commands.{name}").register(subparsers)
@@ -39,13 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ModuleNotFoundError as error:
         package = (error.name or "").partition(".")[0]
-        extra = EXTRA_OF_MODULE.get(package)
+        extra = extra_of_module().get(package)
         if extra is None:
             raise
         print(f"blip-lora {args.command}: error: this command needs the [{extra}] extra ({package} is not "
               f"installed): pip install 'blip-lora[{extra}]'", file=sys.stderr)
         return 2
     except BlipLoraError as error:
+        if args.verbose:  # the whole chain: what went wrong underneath (a YAML parser's, safetensors' error)
+            traceback.print_exception(error, file=sys.stderr)
         print(f"blip-lora {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -23,12 +22,10 @@ from dataclasses import asdict, dataclass, field, replace
 from itertools import permutations
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
 import torch
 import transformers
 
+from blip_lora_core.atomic import atomic_write_text
 from blip_lora_core.lora.adapter_io import load_adapter
 from blip_lora_core.lora.hooks import LoraConfig
 from blip_lora_core.models.loading import TinySize, build_tiny_blip, load_blip
@@ -185,7 +182,7 @@ def _pretrain(out: Path, settings: DemoSettings) -> Path:
     shutil.move(str(result.model_dir), base / "model")
     metrics, _ = measure(base / "model", None, read_jsonl(val_file)[0], settings)
     marker = {"settings": settings.base_key(), "table_metrics": metrics}
-    (base / _MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(base / _MARKER, json.dumps(marker, indent=2) + "\n")
     return base / "model"
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from blip_lora_core.atomic import atomic_write_text, staged_path, write_jsonl
 from blip_lora_core.errors import ConfigError, DataError
 
 # Albedo of each cube colour under white light, 0-255 sRGB.
@@ -189,27 +187,22 @@ def write_dataset(
 
     Scenes cycle in a seeded shuffled order (balanced, every scene appears once n >= number of scenes);
     image i uses the generator seeded with (seed, i), so the same arguments give the same bytes. The
-    dataset is written to a temporary folder and renamed, so a half-written one never appears. An existing
+    dataset is written to a staging folder and renamed (atomic.staged_path), so a half-written one never
+    appears and a failure keeps the previous one. An existing
     out_dir is replaced only when it is empty or an earlier synthetic dataset.
     """
     out_dir = Path(out_dir)
     _check_write_args(n, seed, domain, image_format)
     scenes = select_scenes(colours, max_stack, holdout_pairs, only_pairs)
     _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        lines = _write_images(tmp, scenes, n, seed, domain, size, image_format)
-        (tmp / _ANNOTATIONS).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with staged_path(out_dir) as staged:
+        staged.mkdir()
+        lines = _write_images(staged, scenes, n, seed, domain, size, image_format)
+        write_jsonl(staged / _ANNOTATIONS, lines)
         meta = dict(n=n, seed=seed, domain=domain, colours=list(colours), max_stack=max_stack,
                     holdout_pairs=[list(p) for p in holdout_pairs], only_pairs=only_pairs,
                     size=list(size), domain_params=asdict(DOMAINS[domain]))
-        (tmp / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_text(staged / _META_FILE, json.dumps(meta, indent=2) + "\n")
     return out_dir / _ANNOTATIONS
 
 
@@ -271,17 +264,6 @@ def _check_replaceable(out_dir: Path) -> None:
     entries = {p.name for p in out_dir.iterdir()}
     if entries and not (_META_FILE in entries and entries <= {_META_FILE, _ANNOTATIONS, _IMAGE_DIR}):
         raise DataError(f"{out_dir} is not empty and is not a synthetic dataset; refusing to replace it")
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Rename tmp to out_dir, replacing an existing out_dir."""
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.rename(out_dir, old / "data")
-    os.rename(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- scene sampling and camera

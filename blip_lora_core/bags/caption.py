@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_jsonl
 from ..errors import BagError, BlipLoraError, ImageDecodeError
 from ..runtime.image_msgs import decode_message
-from ..runtime.pipeline import CaptionPipeline, Outcome
-from ..train.data import write_jsonl
+from ..runtime.pipeline import CaptionEvent, CaptionPipeline, Outcome
+from .options import ReplayOptions
 from .output import check_not_input, check_output, looks_like_bag, write_strings
 from .reader import BagMessage, ns_to_seconds, read_camera
 from .storage import resolve_bag
@@ -40,17 +41,6 @@ log = logging.getLogger(__name__)
 FrameCaptioner = Callable[[np.ndarray], str]
 """One (H, W, 3) uint8 RGB frame -> its caption."""
 REALTIME_DRAIN_S = 30.0  # how long realtime mode waits for the last frame's caption
-
-
-@dataclass(frozen=True)
-class ReplayOptions:
-    """topic; max_rate_hz (0: unlimited); publish_on_change_only; realtime; strict: fail on a bad frame."""
-
-    topic: str
-    max_rate_hz: float = 0.0
-    publish_on_change_only: bool = False
-    realtime: bool = False
-    strict: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,9 +85,9 @@ class _Recorder:
     indices: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def publish(self, text: str, image_stamp: float) -> None:
+    def publish(self, event: CaptionEvent) -> None:
         with self.lock:
-            self.captions.append(TimedCaption(self.now_ns(), image_stamp, text))
+            self.captions.append(TimedCaption(self.now_ns(), event.stamp, event.text))
 
     def decode(self, msg: Any) -> np.ndarray:
         try:

@@ -10,7 +10,6 @@ write (or correct) every caption and may then set ``"reviewed": true``.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,10 +20,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..errors import BagError, ConfigError, ImageDecodeError
+from ..atomic import staged_path, write_jsonl
+from ..errors import BagError, ImageDecodeError
 from ..runtime.image_msgs import decode_message
-from ..train.data import write_jsonl
-from .output import check_not_input, check_output, staged_output
+from .options import ExtractOptions
+from .output import check_not_input, check_output
 from .reader import BagMessage, ns_to_seconds, read_camera, stamp_parts
 from .storage import resolve_bag
 
@@ -36,27 +36,6 @@ THUMB_SIZE = 32
 MAX_WARNINGS = 5
 BatchCaptioner = Callable[[list[np.ndarray]], list[str]]
 """A batch of (H, W, 3) uint8 RGB frames -> one caption each."""
-
-
-@dataclass(frozen=True)
-class ExtractOptions:
-    """topic; every: seconds of stamp between kept frames (0 keeps all); dedup_threshold: skip a frame whose
-    32x32 grayscale thumbnail differs from the last kept one by less than this mean absolute value (0..255);
-    strict: fail on an undecodable frame instead of skipping it."""
-
-    topic: str
-    every: float = 0.0
-    dedup_threshold: float | None = None
-    strict: bool = False
-    jpeg_quality: int = 95
-
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.every) or self.every < 0:
-            raise ConfigError(f"--every must be a finite number of seconds >= 0, got {self.every}")
-        if self.dedup_threshold is not None and not (0 <= self.dedup_threshold <= 255):
-            raise ConfigError(f"--dedup-threshold must be in [0, 255], got {self.dedup_threshold}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"JPEG quality must be in [1, 100], got {self.jpeg_quality}")
 
 
 @dataclass(frozen=True)
@@ -88,7 +67,7 @@ def extract_frames(bag: str | os.PathLike, out: str | os.PathLike, options: Extr
     out = Path(out)
     check_extract_output(bag, out, force)
     report = ExtractReport(out)
-    with staged_output(out) as staged:
+    with staged_path(out) as staged:
         (staged / IMAGES).mkdir(parents=True)
         rows = _caption_rows(_extract_rows(bag, staged, options, report), precaption)
         if not rows:

@@ -1,20 +1,18 @@
-"""Outputs of the bag tools: checked before any work, never over an input, and written whole or not at all."""
+"""Outputs of the bag tools: checked before any work, never over an input, and written whole or not at all
+(``atomic.staged_path``)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from ..atomic import fsync_dir
+from ..atomic import staged_path
 from ..errors import BagError
 from .reader import STRING_TYPE, TYPESTORE
-from .storage import METADATA, STORAGE_SUFFIXES, reason
+from .storage import METADATA, STORAGE_SUFFIXES
 
 
 def check_not_input(out: Path, bag: str | os.PathLike) -> None:
@@ -62,42 +60,6 @@ def check_output(out: Path, force: bool, looks_right: Callable[[Path], bool], wh
                        f"(remove it yourself)")
 
 
-@contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """A path in a temporary sibling folder of ``out`` to create (file or folder) in place of ``out``.
-
-    On success it is renamed over ``out``; on any failure it is removed and ``out`` is left untouched.
-    """
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as exc:
-        raise BagError(f"{out}: cannot create it: {reason(exc)}") from None
-    try:
-        yield holder / out.name
-        _replace(holder / out.name, out)
-    finally:
-        shutil.rmtree(holder, ignore_errors=True)
-
-
-def _replace(staged: Path, out: Path) -> None:
-    """Put staged at out: the old out (file or folder) is moved aside first and deleted after."""
-    trash = None
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, trash / out.name)
-    try:
-        os.replace(staged, out)
-    except OSError as exc:
-        if trash is not None:
-            os.replace(trash / out.name, out)
-        raise BagError(f"could not move the output into place at {out}: {exc}") from exc
-    finally:
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-    fsync_dir(out.parent)
-
-
 def looks_like_bag(path: Path) -> bool:
     """A bag folder (metadata.yaml) or a .db3/.mcap file: something --force may replace."""
     return (path / METADATA).is_file() if path.is_dir() else path.suffix in STORAGE_SUFFIXES
@@ -112,7 +74,7 @@ def write_strings(out: Path, topic: str, items: list[tuple[int, str]], *, storag
     """
     single = out.suffix in STORAGE_SUFFIXES
     check_output(out, force, looks_like_bag, "a ROS 2 bag")
-    with staged_output(out) as staged:
+    with staged_path(out) as staged:
         folder = staged.with_name("bag") if single else staged
         _write_bag(folder, topic, items, STORAGE_SUFFIXES.get(out.suffix, storage))
         if single:

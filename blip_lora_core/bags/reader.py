@@ -125,7 +125,7 @@ def _deserialize(raw: bytes, msgtype: str, where: Path, topic: str, index: int) 
     except Exception as exc:  # malformed CDR raises struct/index/unicode errors
         if raw[:4] == _ZSTD_MAGIC:
             raise BagError(f"{where}: message {index} on {topic} is zstd-compressed (recorded with "
-                           f"--compression-mode message); pass the bag folder with its metadata.yaml") from None
+                           f"--compression-mode message); pass the bag folder with its metadata.yaml") from exc
         raise BagError(f"{where}: message {index} on {topic} ({msgtype}) cannot be deserialised: "
                        f"{type(exc).__name__}: {reason(exc)}; {corrupt_hint(where)}") from exc
 

@@ -114,18 +114,18 @@ def read_metadata(folder: Path) -> BagInfo:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise BagError(f"{path}: cannot read it: {reason(exc)}") from None
+        raise BagError(f"{path}: cannot read it: {reason(exc)}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise BagError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or 'syntax error'})") from None
+        raise BagError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or 'syntax error'})") from exc
     info = data.get("rosbag2_bagfile_information") if isinstance(data, dict) else None
     if not isinstance(info, dict):
         raise BagError(f"{path}: not a rosbag2 {METADATA} (no rosbag2_bagfile_information mapping)")
     try:
         return _bag_info(path, info)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BagError(f"{path}: not a valid rosbag2 {METADATA} ({type(exc).__name__}: {reason(exc)})") from None
+        raise BagError(f"{path}: not a valid rosbag2 {METADATA} ({type(exc).__name__}: {reason(exc)})") from exc
 
 
 def _bag_info(path: Path, info: dict[str, Any]) -> BagInfo:
@@ -175,7 +175,7 @@ def _unpacked(path: Path, stack: ExitStack) -> Path:
         with path.open("rb") as raw, zstd.open(raw, "rb") as packed, target.open("wb") as out:
             shutil.copyfileobj(packed, out)
     except (OSError, zstd.ZstdError, EOFError) as exc:
-        raise BagError(f"{path}: cannot decompress it: {reason(exc)}; {CORRUPT_HINT}") from None
+        raise BagError(f"{path}: cannot decompress it: {reason(exc)}; {CORRUPT_HINT}") from exc
     return target
 
 
@@ -223,7 +223,7 @@ def _checkpointed_copy(named: Path, db3: Path, stack: ExitStack) -> Path:
         finally:
             con.close()
     except (OSError, sqlite3.Error) as exc:
-        raise BagError(f"{named}: cannot read it with its {_wal(named).name}: {reason(exc)}; {CORRUPT_HINT}") from None
+        raise BagError(f"{named}: cannot read it with its {_wal(named).name}: {reason(exc)}; {CORRUPT_HINT}") from exc
     log.info("%s: read with the messages in %s (the recording was not closed cleanly)", named, _wal(named).name)
     return copy
 
@@ -255,4 +255,4 @@ def _decompressed(named: Path, raw: bytes) -> bytes:
     try:
         return zstd.decompress(raw)
     except zstd.ZstdError as exc:
-        raise BagError(f"{named}: a message cannot be decompressed: {reason(exc)}; {CORRUPT_HINT}") from None
+        raise BagError(f"{named}: a message cannot be decompressed: {reason(exc)}; {CORRUPT_HINT}") from exc

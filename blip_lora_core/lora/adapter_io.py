@@ -124,7 +124,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[AdapterInfo, dict[str, torch.
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         _refuse_pickles(path)
-        raise AdapterError(f"{path}: not a readable safetensors adapter file ({error})") from None
+        raise AdapterError(f"{path}: not a readable safetensors adapter file ({error})") from error
     info = _parse_metadata(path, metadata)
     _check_tensors(path, info, tensors)
     return info, tensors
@@ -144,6 +144,7 @@ def _refuse_pickles(path: Path) -> None:
 def _parse_metadata(path: Path, metadata: dict[str, str]) -> AdapterInfo:
     if metadata.get("format") != FORMAT:
         raise AdapterError(f"{path}: not a blip-lora adapter (metadata format is {metadata.get('format')!r})")
+    _check_format_version(path, metadata.get("format_version", FORMAT_VERSION))
     try:
         targets = json.loads(metadata["targets"])
         if not isinstance(targets, list) or metadata["scaling"] not in ("alpha/r", "alpha/sqrt(r)"):
@@ -158,11 +159,21 @@ def _parse_metadata(path: Path, metadata: dict[str, str]) -> AdapterInfo:
         layers = json.loads(metadata["layers"])
         extra = json.loads(metadata.get("extra", "{}"))
     except (KeyError, ValueError, TypeError, RecursionError, ConfigError) as error:
-        raise AdapterError(f"{path}: adapter metadata is missing or invalid ({str(error)[:200]})") from None
+        raise AdapterError(f"{path}: adapter metadata is missing or invalid ({str(error)[:200]})") from error
     if not isinstance(layers, list) or not layers or not all(isinstance(n, str) for n in layers):
         raise AdapterError(f"{path}: adapter metadata 'layers' must be a non-empty list of layer names")
     return AdapterInfo(config, layers, metadata.get("base_model", ""), metadata.get("base_revision", ""),
                        metadata.get("fingerprint", ""), extra if isinstance(extra, dict) else {})
+
+
+def _check_format_version(path: Path, version: str) -> None:
+    """AdapterError for a version this code cannot read: a newer one (written by a newer blip-lora) or not a
+    whole number. Files without the key predate it and are version 1."""
+    if not version.isdigit():
+        raise AdapterError(f"{path}: adapter metadata format_version {version[:20]!r} is not a whole number")
+    if int(version) > int(FORMAT_VERSION):
+        raise AdapterError(f"{path}: adapter format version {int(version)} is newer than the version "
+                           f"{FORMAT_VERSION} this blip-lora reads: upgrade blip-lora to load it")
 
 
 def _check_tensors(path: Path, info: AdapterInfo, tensors: dict[str, torch.Tensor]) -> None:
@@ -200,7 +211,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, check_base: bool 
         check_lora_fits(model, info.layers, tensors, info.config.r)
     except AdapterError as error:
         raise AdapterError(f"{path}: {error} (the adapter was made for "
-                           f"{info.base_model or 'an unknown base model'})") from None
+                           f"{info.base_model or 'an unknown base model'})") from error
     found = fingerprint(layer_shapes(model, info.layers))
     if info.fingerprint and info.fingerprint != found:
         raise AdapterError(f"{path}: layer fingerprint {info.fingerprint} does not match the model's {found}")

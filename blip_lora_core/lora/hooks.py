@@ -11,54 +11,51 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..config_mapping import dataclass_kwargs
-from ..errors import AdapterError, ConfigError
+from ..errors import AdapterError
+from ..settings import check_settings, from_mapping, setting
 from .dropout import lora_dropout
 
 DEFAULT_TARGETS = (r"vision_model\..*",)
 _FROZEN_FLAGS = "_lora_requires_grad_before"
 
 
+def _pattern_problem(patterns: tuple[str, ...]) -> str | None:
+    """Why the target patterns are not usable: none given, or one is not a regular expression."""
+    if not patterns:
+        return "must name at least one pattern"
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            return f"pattern {pattern!r} is not a valid regular expression: {error}"
+    return None
+
+
 @dataclass(frozen=True)
 class LoraConfig:
-    """LoRA hyperparameters and which layers to adapt.
+    """LoRA hyperparameters and which layers to adapt (YAML ``lora:``).
 
     targets: regular expressions matched in full against module names; only ``nn.Linear`` modules
     are taken. The default adapts every linear layer of the vision encoder. The defaults (r 16, alpha 32,
     dropout 0.05) are the project's training defaults for BLIP-large.
     """
 
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    rslora: bool = False
-    targets: tuple[str, ...] = field(default=DEFAULT_TARGETS)
+    SECTION: ClassVar[str] = "lora"
+    r: int = setting(16, "LoRA rank", low=1)
+    alpha: float = setting(32.0, "LoRA alpha (scaling = alpha / r)", low=0, low_open=True)
+    dropout: float = setting(0.05, "dropout on the LoRA branch", low=0, high=1, high_open=True)
+    rslora: bool = setting(False, "rank-stabilised scaling: alpha / sqrt(r)")
+    targets: tuple[str, ...] = setting(DEFAULT_TARGETS, "module-name patterns of the nn.Linear layers to adapt",
+                                       check=_pattern_problem)
 
     def __post_init__(self) -> None:
-        if isinstance(self.targets, str) or not isinstance(self.targets, (list, tuple)) or not self.targets:
-            raise ConfigError(f"lora targets must be a non-empty list of patterns, got {self.targets!r}")
-        object.__setattr__(self, "targets", tuple(self.targets))
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-            raise ConfigError(f"lora r must be a positive integer, got {self.r!r}")
-        if not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < math.inf:
-            raise ConfigError(f"lora alpha must be a positive finite number, got {self.alpha!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.rslora, bool):
-            raise ConfigError(f"lora rslora must be true or false, got {self.rslora!r}")
-        for pattern in self.targets:
-            if not isinstance(pattern, str):
-                raise ConfigError(f"lora targets must be strings, got {pattern!r}")
-            try:
-                re.compile(pattern)
-            except re.error as error:
-                raise ConfigError(f"lora target {pattern!r} is not a valid pattern: {error}") from None
+        check_settings(self)
 
     @property
     def scaling(self) -> float:
@@ -69,14 +66,9 @@ class LoraConfig:
         return {**asdict(self), "targets": list(self.targets)}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> LoraConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None) -> LoraConfig:
         """Build from a mapping (e.g. YAML's ``lora:``); unknown keys are a ConfigError naming them."""
-        values = dataclass_kwargs(cls, "lora", values)
-        if "alpha" in values and isinstance(values["alpha"], int) and not isinstance(values["alpha"], bool):
-            values["alpha"] = float(values["alpha"])
-        if isinstance(values.get("targets"), list):
-            values["targets"] = tuple(values["targets"])
-        return cls(**values)
+        return from_mapping(cls, values)
 
 
 class _LoraState:
@@ -215,8 +207,8 @@ def merge_lora(model: nn.Module, *, keep_base: bool = False) -> int:
             continue
         try:
             delta = _delta(module)
-        except AdapterError:
-            raise AdapterError(f"cannot merge layer {name}: its LoRA update is not finite") from None
+        except AdapterError as error:
+            raise AdapterError(f"cannot merge layer {name}: its LoRA update is not finite") from error
         new_weight = module.weight.float() + delta
         if not torch.isfinite(new_weight).all():
             raise AdapterError(f"cannot merge layer {name}: merged weight is not finite")

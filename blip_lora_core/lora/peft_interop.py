@@ -63,7 +63,7 @@ def read_peft(folder: str | os.PathLike) -> tuple[AdapterInfo, dict[str, torch.T
     try:
         raw = load_file(str(weights))
     except (SafetensorError, OSError) as error:
-        raise AdapterError(f"{weights}: not a readable safetensors file ({error})") from None
+        raise AdapterError(f"{weights}: not a readable safetensors file ({error})") from error
     tensors, layers = {}, []
     for key, tensor in raw.items():
         if not key.startswith(PEFT_PREFIX) or not key.endswith((".lora_A.weight", ".lora_B.weight")):
@@ -78,7 +78,7 @@ def read_peft(folder: str | os.PathLike) -> tuple[AdapterInfo, dict[str, torch.T
                           rslora=bool(config.get("use_rslora", False)),
                           targets=tuple(_escape(n) for n in layers) or ("",))
     except (KeyError, TypeError, ValueError, ConfigError) as error:
-        raise AdapterError(f"{folder / 'adapter_config.json'}: invalid LoRA settings ({error})") from None
+        raise AdapterError(f"{folder / 'adapter_config.json'}: invalid LoRA settings ({error})") from error
     info = AdapterInfo(lora, layers, config.get("base_model_name_or_path") or "", config.get("revision") or "")
     return info, tensors
 
@@ -91,7 +91,7 @@ def _read_peft_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise AdapterError(f"{path}: cannot read peft adapter config ({error})") from None
+        raise AdapterError(f"{path}: cannot read peft adapter config ({error})") from error
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         found = config.get("peft_type") if isinstance(config, dict) else None
         raise AdapterError(f"{path}: not a peft LoRA adapter (peft_type {found!r})")
@@ -109,7 +109,7 @@ def import_peft(folder: str | os.PathLike, model: torch.nn.Module, out_file: str
     try:
         check_lora_fits(model, info.layers, tensors, info.config.r)
     except AdapterError as error:
-        raise AdapterError(f"{folder}: peft {error}") from None
+        raise AdapterError(f"{folder}: peft {error}") from error
     load_lora_tensors(model, info.config, info.layers, tensors)
     try:
         return save_adapter(model, out_file, config=info.config, base_model=info.base_model,

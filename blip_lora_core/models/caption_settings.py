@@ -1,66 +1,70 @@
-"""CaptionSettings: how a Captioner loads and captions, one frozen dataclass shared by the CLI, the node's
-parameters and the bag tools, so the defaults live here and nowhere else."""
+"""CaptionSettings: how a Captioner loads and captions, one frozen settings dataclass shared by the CLI, the
+node's parameters and the bag tools, so the defaults, ranges and help live here and nowhere else."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 
 from ..errors import ConfigError
+from ..settings import check_settings, describe, setting
+from .blip_internals import ATTENTIONS
 from .loading import DTYPE_NAMES
 
 QUANTIZE_CHOICES = ("int8",)
+_EMPTY_IS_NONE = ("prompt", "device", "dtype", "quantize")  # "" (ROS parameters, flags) means the default
+
+
+def _device_problem(device: str) -> str | None:
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        return f"{device!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+    return None
 
 
 @dataclass(frozen=True)
 class CaptionSettings:
-    """prompt: text every caption starts with (stripped from the output); None or "": none.
-    max_new_tokens: caption length limit. num_beams: 1 is greedy (the fast static-cache path), more is
-    beam search through generate(). device/dtype: where and in what precision the model is loaded (None:
-    cuda when present; fp16 on a GPU, fp32 on the CPU). merge: fold the adapter into the weights instead of
-    running it as hooks. quantize: None, or "int8" (dynamic int8 linears on the CPU, merged weights only;
-    device None then means cpu).
-    batch_size: images per forward pass. fast: use the static-cache decoder wherever it applies."""
+    """How a Captioner loads the model and captions (see each field's help). prompt, device, dtype and quantize
+    may be unset (None; "" means the same): no prompt, cuda when present, fp16 on a GPU and fp32 on the CPU, no
+    quantization."""
 
-    prompt: str | None = None
-    max_new_tokens: int = 30
-    num_beams: int = 1
-    device: str | None = None
-    dtype: str | None = None
-    merge: bool = True
-    quantize: str | None = None
-    batch_size: int = 8
-    fast: bool = True
+    SECTION: ClassVar[str] = "caption"
+    prompt: str | None = setting(None, 'text every caption starts with, e.g. "a picture of" (stripped from the '
+                                       "output); unset: no prompt")
+    max_new_tokens: int = setting(30, "longest caption, in tokens (at most the model's text positions minus the "
+                                      "start token and the prompt)", low=1, high=512)
+    num_beams: int = setting(1, "beam search width; 1: greedy (the fast static-cache decoder)", low=1, high=16,
+                             flag="--beams")
+    device: str | None = setting(None, "torch device (cpu, cuda, cuda:1, ...); unset: cuda when present, else cpu",
+                                 check=_device_problem)
+    dtype: str | None = setting(None, "weights dtype; unset: fp16 on a GPU, fp32 on the CPU (bf16 pays off on "
+                                      "CPUs with AVX512-BF16 or AMX)", choices=DTYPE_NAMES)
+    merge: bool = setting(True, "fold the adapter into the weights (no overhead) instead of running it as hooks")
+    quantize: str | None = setting(None, "int8: dynamic int8 linear layers (CPU, fp32, merged adapter); unset: "
+                                         "no quantization", choices=QUANTIZE_CHOICES)
+    batch_size: int = setting(8, "images per forward pass", low=1, high=4096)
+    fast: bool = setting(True, "greedy captions on the static-cache decoder (same tokens as generate(), faster)")
+    attention: str = setting("sdpa", "vision attention: sdpa (torch's fused kernel; transformers' code where a "
+                                     "head mask or attention maps are asked for) or eager (transformers' own)",
+                             choices=ATTENTIONS)
 
     def __post_init__(self) -> None:
-        for name in ("prompt", "device", "dtype", "quantize"):  # "" (ROS parameters, flags) means the default
+        for name in _EMPTY_IS_NONE:
             if getattr(self, name) == "":
                 object.__setattr__(self, name, None)
-        for name, low, high in (("max_new_tokens", 1, 512), ("num_beams", 1, 64), ("batch_size", 1, 4096)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigError(f"caption setting {name} must be an integer in [{low}, {high}], got {value!r}")
-        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
-            raise ConfigError(f"caption setting dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
-        if self.device is not None:
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError):
-                raise ConfigError(f"caption setting device {self.device!r} is not a torch device "
-                                  "(cpu, cuda, cuda:1, ...)") from None
+        check_settings(self)
         self._check_quantize()
 
     def _check_quantize(self) -> None:
+        """What quantization asks of the other settings (the CPU, fp32 weights, a merged adapter)."""
         if self.quantize is None:
             return
-        if self.quantize not in QUANTIZE_CHOICES:
-            raise ConfigError(f"caption setting quantize must be empty or one of {', '.join(QUANTIZE_CHOICES)}, "
-                              f"got {self.quantize!r}")
         if self.device is None:
             object.__setattr__(self, "device", "cpu")  # quantized linears run on the CPU, even beside a GPU
-        if self.device is not None and torch.device(self.device).type != "cpu":
+        if torch.device(self.device).type != "cpu":
             raise ConfigError(f"quantize {self.quantize} runs on the CPU only, not on device {self.device!r}")
         if self.dtype not in (None, "fp32", "float32"):
             raise ConfigError(f"quantize {self.quantize} quantizes fp32 weights: use dtype fp32, not {self.dtype!r}")
@@ -69,7 +73,7 @@ class CaptionSettings:
 
     def with_changes(self, **changes: Any) -> CaptionSettings:
         """A validated copy with some fields changed (ConfigError naming an unknown one)."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        unknown = sorted(set(changes) - {info.name for info in describe(CaptionSettings)})
         if unknown:
-            raise ConfigError(f"unknown caption setting(s) {', '.join(unknown)}")
+            raise ConfigError(f"unknown caption setting(s): {', '.join(unknown)}")
         return replace(self, **changes)

@@ -2,6 +2,7 @@
 
 Greedy captions go through the static-cache decoder (static_decoder.py: the same tokens as generate(),
 CUDA graphs on a GPU); beam search, and generation settings it does not copy, go through generate().
+Each caption comes with its confidence (confidence.py), the same measure on every path.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image
 from ..lora.adapter_io import AdapterInfo, load_adapter
 from ..lora.hooks import merge_lora, remove_lora
 from .caption_settings import CaptionSettings
+from .confidence import caption_confidence
 from .images import load_image
 from .labels import TokenSpec, generation_prompt, prompt_ids, strip_prompt
 from .loading import BlipBundle, load_blip
@@ -27,12 +30,22 @@ from .static_decoder import StaticGreedyDecoder, blocker
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class CaptionResult:
+    """One image's caption (prompt stripped), its confidence (confidence.py: the geometric-mean probability of
+    its tokens, in (0, 1]) and its length in generated tokens, the ending [SEP] included."""
+
+    text: str
+    confidence: float
+    tokens: int
+
+
 class Captioner:
     """A loaded model that turns images into captions; adapters and prompt can change without reloading.
 
     ``settings`` (CaptionSettings) holds prompt, lengths, beams, merge and quantize; keyword overrides
     replace fields of it. prompt, max_new_tokens and num_beams can be set as attributes (validated).
-    device and dtype only matter to from_pretrained: a bundle is used where it already is.
+    device, dtype and attention only matter to from_pretrained: a bundle is used as it is.
     """
 
     def __init__(self, bundle: BlipBundle, settings: CaptionSettings | None = None, **overrides):
@@ -49,7 +62,8 @@ class Captioner:
     def from_pretrained(cls, model: str, settings: CaptionSettings | None = None, *, adapter: str | None = None,
                         revision: str | None = None, **overrides) -> Captioner:
         settings = (settings or CaptionSettings()).with_changes(**overrides)
-        bundle = load_blip(model, dtype=settings.dtype, device=settings.device, revision=revision)
+        bundle = load_blip(model, dtype=settings.dtype, device=settings.device, revision=revision,
+                           attention=settings.attention)
         if bundle.model.dtype == torch.bfloat16 and bundle.model.device.type == "cpu" and not cpu_has_bf16():
             log.warning("dtype bf16 on a CPU without AVX512-BF16/AMX: emulated, likely slower than fp32")
         captioner = cls(bundle, settings)
@@ -86,6 +100,10 @@ class Captioner:
     @num_beams.setter
     def num_beams(self, value: int) -> None:
         self.settings = self.settings.with_changes(num_beams=value)
+
+    def max_new_tokens_limit(self, prompt: str | None) -> int:
+        """The most new tokens the text decoder's positions hold after the start token and ``prompt``."""
+        return self._spec.max_length - 1 - len(self._prompt_ids(prompt))
 
     def set_adapter(self, path: str | Path | None, merge: bool = True) -> None:
         """Swap the LoRA adapter (None: the base model alone) without reloading the base model.
@@ -135,42 +153,73 @@ class Captioner:
 
     def caption(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
         """Images (PIL or (H, W, 3) uint8 RGB) -> one caption each, prompt stripped."""
-        captions: list[str] = []
+        return [result.text for result in self.caption_results(images)]
+
+    def caption_results(self, images: Sequence[Image.Image | np.ndarray]) -> list[CaptionResult]:
+        """Images (PIL or (H, W, 3) uint8 RGB) -> one CaptionResult each (text, confidence, tokens)."""
+        results: list[CaptionResult] = []
         size = self.settings.batch_size
         for start in range(0, len(images), size):
-            captions.extend(self._caption_batch(images[start:start + size]))
-        return captions
+            results.extend(self._caption_batch(images[start:start + size]))
+        return results
 
     def caption_files(self, paths: Sequence[str | Path]) -> list[str]:
         """Image files -> one caption each; loads one batch of images at a time."""
-        captions: list[str] = []
+        return [result.text for result in self.caption_file_results(paths)]
+
+    def caption_file_results(self, paths: Sequence[str | Path]) -> list[CaptionResult]:
+        """Image files -> one CaptionResult each; loads one batch of images at a time."""
+        results: list[CaptionResult] = []
         size = self.settings.batch_size
         for start in range(0, len(paths), size):
-            captions.extend(self.caption([load_image(p) for p in paths[start:start + size]]))
-        return captions
+            results.extend(self.caption_results([load_image(p) for p in paths[start:start + size]]))
+        return results
 
     @torch.inference_mode()
     def generate_ids(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values (B, 3, S, S) on the model's device -> ids (B, 1 + prompt + n) as generate() gives them."""
+        return self.generate_with_log_probs(pixel_values)[0]
+
+    @torch.inference_mode()
+    def generate_with_log_probs(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixel_values (B, 3, S, S) -> ids (B, 1 + prompt + n) as generate() gives them, and the log-probability
+        (B, n) the model gave each generated token (float32; the softmax of the raw logits)."""
         model = self._inference_model()
         ids = self._prompt_ids(self.prompt)
         if self._fast_blocker() is None:
             if self._decoder is None:
                 self._decoder = StaticGreedyDecoder(model)
-            return self._decoder.generate(pixel_values, ids, self.max_new_tokens,
-                                          min_new_tokens=model.text_decoder.generation_config.min_new_tokens or 0)
+            return self._decoder.decode(pixel_values, ids, self.max_new_tokens,
+                                        min_new_tokens=model.text_decoder.generation_config.min_new_tokens or 0)
         input_ids = generation_prompt(self.bundle.tokenizer, self._spec, self.prompt, pixel_values.shape[0])
         kwargs = {}
         if input_ids is not None:
             input_ids = input_ids.to(pixel_values.device)
             kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-        return model.generate(pixel_values=pixel_values, max_new_tokens=self.max_new_tokens,
-                              num_beams=self.num_beams, do_sample=False, **kwargs)
+        out = model.generate(pixel_values=pixel_values, max_new_tokens=self.max_new_tokens,
+                             num_beams=self.num_beams, do_sample=False, return_dict_in_generate=True,
+                             output_scores=self.num_beams > 1, output_logits=self.num_beams == 1, **kwargs)
+        return out.sequences, self._generated_log_probs(model, out)
 
-    def _caption_batch(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
+    def _generated_log_probs(self, model: torch.nn.Module, out) -> torch.Tensor:
+        """generate()'s output -> (B, n) log-probabilities of the generated tokens: from the raw logits when
+        greedy, from the chosen beams' transition scores (log-softmax) with beam search."""
+        n = len(out.logits if self.num_beams == 1 else out.scores)
+        generated = out.sequences[:, out.sequences.shape[1] - n:]
+        if self.num_beams > 1:
+            return model.text_decoder.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
+                                                                normalize_logits=False).float()
+        steps = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # (B, n, V)
+        return steps.gather(2, generated[..., None])[..., 0]
+
+    def _caption_batch(self, images: Sequence[Image.Image | np.ndarray]) -> list[CaptionResult]:
         model = self.model
         pixel_values = self.bundle.preprocess.batch(images).to(model.device, model.dtype)
-        generated = self.generate_ids(pixel_values)
+        generated, log_probs = self.generate_with_log_probs(pixel_values)
         n_prompt = len(self._prompt_ids(self.prompt))
-        texts = self.bundle.tokenizer.batch_decode(strip_prompt(generated, n_prompt), skip_special_tokens=True)
-        return [text.strip() for text in texts]
+        new_ids = strip_prompt(generated, n_prompt)
+        texts = self.bundle.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        eos = model.config.text_config.sep_token_id
+        confidence, tokens = caption_confidence(new_ids.cpu().numpy(), log_probs.cpu().numpy(), eos)
+        return [CaptionResult(text.strip(), float(c), int(k)) for text, c, k in zip(texts, confidence, tokens,
+                                                                                     strict=True)]

@@ -16,8 +16,9 @@ import transformers
 from safetensors import SafetensorError
 from transformers import BlipConfig, BlipForConditionalGeneration, PreTrainedTokenizerBase
 
-from .._compat import dtype_kwarg, use_fast_attention, wordpiece_tokenizer
+from .._compat import dtype_kwarg, wordpiece_tokenizer
 from ..errors import BlipLoraError, ConfigError
+from .blip_internals import ATTENTIONS, set_attention
 from .preprocess import ImagePreprocessor
 
 BLIP_LARGE = "Salesforce/blip-image-captioning-large"
@@ -56,12 +57,16 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, device: str | None = None,
-              revision: str | None = None) -> BlipBundle:
+              revision: str | None = None, attention: str = "sdpa") -> BlipBundle:
     """Load model, tokenizer and preprocessing from a hub id (optionally pinned to a revision) or a folder.
 
-    The vision encoder's attention runs through SDPA (_compat.py). Never runs remote code. Raises
-    BlipLoraError with the name when anything cannot be loaded.
+    attention: "sdpa" runs the vision encoder's attention through torch's fused kernel (falling back to
+    transformers' code for head masks and attention maps), "eager" keeps transformers' own
+    (blip_internals.set_attention). Never runs remote code. Raises BlipLoraError with the name when anything
+    cannot be loaded.
     """
+    if attention not in ATTENTIONS:
+        raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
     _check_local_folder(name_or_path)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
@@ -71,15 +76,15 @@ def load_blip(name_or_path: str, *, dtype: str | torch.dtype | None = None, devi
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, revision=revision,
                                                                trust_remote_code=False)
         preprocess = ImagePreprocessor.from_pretrained(name_or_path, revision=revision)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
         raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: its weights are a pickle holding more than "
-                            f"tensors, refused by torch's weights-only loader") from None
+                            f"tensors, refused by torch's weights-only loader") from error
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
         # corrupt weights, a config that is not a mapping
         reason = " ".join(str(error).split())[:300]
-        raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: {reason}") from None
+        raise BlipLoraError(f"cannot load BLIP model {name_or_path!r}: {reason}") from error
     model.to(target).eval()
-    use_fast_attention(model)
+    set_attention(model, attention)
     return BlipBundle(model, tokenizer, preprocess, name_or_path, revision or "")
 
 

@@ -1,8 +1,8 @@
 """Int8 dynamic quantization of a BLIP model's linear layers for CPU inference, and the CPU's bf16 support.
 
 Uses torch's own ``torch.ao.quantization.quantize_dynamic`` (int8 weights per tensor, activations quantized
-per batch on the fly, fbgemm/x86 kernels with VNNI): it exists in every torch line the project supports
-(2.11 to 2.13), runs eagerly and needs no extra package. torch marks it deprecated in favour of torchao;
+per batch on the fly, fbgemm/x86 kernels with VNNI): it exists in every torch the project supports
+(pyproject.toml: torch >= 2.2), runs eagerly and needs no extra package. torch marks it deprecated in favour of torchao;
 this module is the one place that calls it, so moving to torchao touches nothing else.
 """
 
@@ -29,7 +29,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError as error:  # a torch without the eager quantization API
-        raise ConfigError(f"quantize int8 needs torch.ao.quantization.quantize_dynamic: {error}") from None
+        raise ConfigError(f"quantize int8 needs torch.ao.quantization.quantize_dynamic: {error}") from error
     if next(model.parameters()).device.type != "cpu":
         raise ConfigError("quantize int8 runs on the CPU only: load the model with device cpu")
     with warnings.catch_warnings():

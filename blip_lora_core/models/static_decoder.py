@@ -7,9 +7,9 @@ new tokens) and replayed; batches are padded to the next bucket (1, 2, 4, 8, ...
 every batch size. On the CPU it runs eagerly, at the exact batch size, and stops once every row has ended.
 
 It reads the text decoder's submodules (embeddings, per-layer query/key/value, attention output, feed
-forward, LM head) and reproduces transformers' eager attention (matmul, scale, additive mask, softmax,
-matmul); ``blocker()`` names what it does not reproduce (beams, sampling, other logits processors), in
-which case callers use ``generate()``.
+forward, LM head: ``blip_internals.text_decoder_parts``) and reproduces transformers' eager attention
+(matmul, scale, additive mask, softmax, matmul); ``blocker()`` names what it does not reproduce (beams,
+sampling, other logits processors), in which case callers use ``generate()``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .._compat import TRANSFORMERS_MAJOR
+from .blip_internals import AttentionParts, TextDecoderParts, text_decoder_parts
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class _Plan:
     keys: torch.Tensor  # (layers, B, heads, L, head_dim), L = 1 + P + new tokens
     values: torch.Tensor
     out: torch.Tensor  # (B, L) long
+    log_probs: torch.Tensor  # (B, L) float32: log p of each generated token (0 at the prompt and after [SEP])
     graph: torch.cuda.CUDAGraph | None = None
     live: int = 0  # rows holding real images this call; the rest pad the batch to its bucket
 
@@ -101,10 +103,10 @@ class StaticGreedyDecoder:
         """(B, T, hidden) -> (B, heads, T, head_dim)."""
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
-    def _attend(self, attention, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+    def _attend(self, attention: AttentionParts, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """transformers' eager BLIP text attention + its output block, on given K/V (B, heads, L, head_dim)."""
-        query = self._split(attention.self.query(hidden))
+        query = self._split(attention.query(hidden))
         scores = torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(self.head_dim)
         if mask is not None:
             scores = scores + mask
@@ -112,36 +114,39 @@ class StaticGreedyDecoder:
         context = context.permute(0, 2, 1, 3).reshape(hidden.shape)
         return attention.output(context, hidden)
 
-    def _forward(self, plan: _Plan, tokens: torch.Tensor, pos: torch.Tensor, cross: list, first_eos: bool):
-        """tokens (B, T) at positions pos (T,) -> next-token ids (B,); writes their K/V into the caches."""
-        bert = self.model.text_decoder.bert
-        embed = bert.embeddings
-        hidden = embed.LayerNorm(embed.word_embeddings(tokens) + embed.position_embeddings(pos)[None])
+    def _forward(self, plan: _Plan, parts: TextDecoderParts, tokens: torch.Tensor, pos: torch.Tensor, cross: list,
+                 first_eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, T) at positions pos (T,) -> next-token ids (B,) and their log-probabilities (B,) under the
+        model's distribution (before the min_new_tokens [SEP] ban); writes the tokens' K/V into the caches."""
+        hidden = parts.embeddings_norm(parts.word_embeddings(tokens) + parts.position_embeddings(pos)[None])
         positions = torch.arange(plan.keys.shape[3], device=tokens.device)
         mask = torch.zeros(pos.shape[0], positions.shape[0], dtype=hidden.dtype, device=tokens.device)
         mask = mask.masked_fill(positions[None, :] > pos[:, None], float("-inf"))[None, None]
-        for index, layer in enumerate(bert.encoder.layer):
-            own = layer.attention.self
+        for index, layer in enumerate(parts.layers):
+            own = layer.self_attention
             # .to: under autocast the projections come out in bf16/fp16 while the cache has the weights' dtype
             plan.keys[index].index_copy_(2, pos, self._split(own.key(hidden)).to(plan.keys.dtype))
             plan.values[index].index_copy_(2, pos, self._split(own.value(hidden)).to(plan.values.dtype))
-            hidden = self._attend(layer.attention, hidden, plan.keys[index], plan.values[index], mask)
-            hidden = self._attend(layer.crossattention, hidden, *cross[index])
+            hidden = self._attend(own, hidden, plan.keys[index], plan.values[index], mask)
+            hidden = self._attend(layer.cross_attention, hidden, *cross[index])
             hidden = layer.output(layer.intermediate(hidden), hidden)
-        logits = self.model.text_decoder.cls(hidden[:, -1:])[:, -1].float()
+        logits = parts.lm_head(hidden[:, -1:])[:, -1].float()
+        log_probs = torch.log_softmax(logits, dim=-1)
         if first_eos:
             logits[:, self.eos] = float("-inf")
-        return logits.argmax(-1)
+        token = logits.argmax(-1)
+        return token, log_probs.gather(1, token[:, None])[:, 0]
 
     def _run(self, plan: _Plan, min_new_tokens: int, stop_early: bool) -> int:
         """plan.pixels, plan.prompt -> plan.out; returns how many tokens were generated."""
+        parts = text_decoder_parts(self.model)
         image = self.model.vision_model(pixel_values=plan.pixels)[0]
-        cross = [(self._split(layer.crossattention.self.key(image)),
-                  self._split(layer.crossattention.self.value(image)))
-                 for layer in self.model.text_decoder.bert.encoder.layer]
+        cross = [(self._split(layer.cross_attention.key(image)), self._split(layer.cross_attention.value(image)))
+                 for layer in parts.layers]
         start = plan.prompt.shape[1]
         new_tokens = plan.out.shape[1] - start
         plan.out[:, :start] = plan.prompt
+        plan.log_probs.zero_()
         positions = torch.arange(plan.out.shape[1], device=plan.out.device)
         tokens, pos = plan.prompt, positions[:start]
         done = torch.zeros(plan.out.shape[0], dtype=torch.bool, device=plan.out.device)
@@ -149,10 +154,11 @@ class StaticGreedyDecoder:
             done[plan.live:] = True  # padding rows never hold the batch up
         for step in range(new_tokens):
             at = start + step
-            token = self._forward(plan, tokens, pos, cross, first_eos=step < min_new_tokens)
+            token, log_prob = self._forward(plan, parts, tokens, pos, cross, first_eos=step < min_new_tokens)
             # rows that ended get (and are fed) [PAD], as generate() does: with int8 activations quantized per
             # tensor, what one row is fed changes the others' numbers
             plan.out[:, at] = token.masked_fill(done, self.pad)
+            plan.log_probs[:, at] = log_prob.masked_fill(done, 0.0)
             done = done | (plan.out[:, at] == self.eos)
             if stop_early and bool(done.all()):
                 return step + 1
@@ -170,14 +176,15 @@ class StaticGreedyDecoder:
             self._plans.popitem(last=False)
         param = next(self.model.parameters())
         dtype = param.dtype if param.is_floating_point() else torch.float32
-        layers = len(self.model.text_decoder.bert.encoder.layer)
+        layers = len(text_decoder_parts(self.model).layers)
         size = self.model.config.vision_config.image_size
         length = 1 + prompt_length + new_tokens
         keys = torch.zeros(layers, batch, self.heads, length, self.head_dim, device=self.device, dtype=dtype)
         plan = _Plan(torch.zeros(batch, 3, size, size, device=self.device, dtype=dtype),
                      torch.full((batch, 1 + prompt_length), self.bos, dtype=torch.long, device=self.device),
-                     keys, torch.zeros_like(keys), torch.full((batch, length), self.pad, dtype=torch.long,
-                                                              device=self.device))
+                     keys, torch.zeros_like(keys),
+                     torch.full((batch, length), self.pad, dtype=torch.long, device=self.device),
+                     torch.zeros(batch, length, dtype=torch.float32, device=self.device))
         if self.graphs:
             try:
                 self._capture(plan, min_new_tokens)
@@ -206,6 +213,13 @@ class StaticGreedyDecoder:
         """pixel_values (B, 3, S, S) -> ids (B, 1 + len(prompt) + n) exactly as ``model.generate()`` returns
         them for input_ids [DEC] prompt [SEP]: greedy, ended by [SEP], [PAD] after a row's [SEP], and n the
         step at which the last row ended (at most max_new_tokens)."""
+        return self.decode(pixel_values, prompt, max_new_tokens, min_new_tokens)[0]
+
+    @torch.inference_mode()
+    def decode(self, pixel_values: torch.Tensor, prompt: Sequence[int] = (), max_new_tokens: int = 30,
+               min_new_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``generate()``'s ids (B, 1 + P + n) and the log-probability of each generated token (B, n), float32,
+        0 after a row's [SEP]."""
         batch = pixel_values.shape[0]
         rows = bucket(batch, self.batch_buckets) if self.batch_buckets else batch
         min_new = min(min_new_tokens, max_new_tokens)
@@ -219,7 +233,9 @@ class StaticGreedyDecoder:
             made = max_new_tokens
         else:
             made = self._run(plan, min_new, stop_early=True)
-        return self._finish(plan.out[:batch, :plan.prompt.shape[1] + made], plan.prompt.shape[1])
+        start = plan.prompt.shape[1]
+        ids = self._finish(plan.out[:batch, :start + made], start)
+        return ids, plan.log_probs[:batch, start:ids.shape[1]].clone()
 
     def _finish(self, out: torch.Tensor, start: int) -> torch.Tensor:
         """Cut the columns after the step at which the last row ended ([PAD] already follows each [SEP])."""

@@ -90,3 +90,12 @@ def diagnose(stats: PipelineStats, previous: PipelineStats | None = None,
     level = max(level for level, _ in problems)
     worst_first = sorted(problems, key=lambda problem: -problem[0])
     return Diagnosis(level, "; ".join(text for _, text in worst_first), values)
+
+
+def with_problems(diagnosis: Diagnosis, problems: list[tuple[Level, str]]) -> Diagnosis:
+    """``diagnosis`` with more problems (QoS, clock) found outside the pipeline; the worst decides the level."""
+    if not problems:
+        return diagnosis
+    found = ([] if diagnosis.level is Level.OK else [(diagnosis.level, diagnosis.message)]) + problems
+    level = max(level for level, _ in found)
+    return Diagnosis(level, "; ".join(text for _, text in sorted(found, key=lambda p: -p[0])), diagnosis.values)

@@ -133,7 +133,8 @@ def decode_image(
     """sensor_msgs/Image fields -> (height, width, 3) uint8 RGB, C-contiguous.
 
     ``step`` is the row stride in bytes and may exceed ``width * bytes_per_pixel`` (padded rows);
-    mono16 keeps the high byte (value >> 8), read according to ``is_bigendian``.
+    mono16 (read according to ``is_bigendian``) is scaled to 8 bits as cv_bridge does it:
+    round(value * 255 / 65535).
     """
     what = f"image {_short(encoding)} {_short(height)}x{_short(width)} (height x width), step {_short(step)}"
     if not isinstance(encoding, str) or encoding not in _LAYOUTS:
@@ -151,10 +152,17 @@ def decode_image(
         )
     image = _pixels(buf, layout, rows, width, step)
     if encoding == "mono16":
-        image = image[..., 0 if big_endian else 1]  # the high byte of each 16-bit value
+        image = _mono16_to_8(image, big_endian)
     if layout.code is None:
         return np.array(image, dtype=np.uint8, order="C", copy=True)
     return _convert(what, image, layout.code)
+
+
+def _mono16_to_8(pairs: np.ndarray, big_endian: int) -> np.ndarray:
+    """(H, W, 2) byte pairs -> (H, W) uint8 = round(value * 255 / 65535), the full 16-bit range onto 8 bits as
+    cv_bridge's imgmsg_to_cv2(msg, "rgb8") maps it (OpenCV convertTo with scale 255/65535)."""
+    values = np.ascontiguousarray(pairs).view(">u2" if big_endian else "<u2")[..., 0]
+    return np.rint(values * (255.0 / 65535.0)).astype(np.uint8)
 
 
 def _convert(what: str, image: np.ndarray, code: int) -> np.ndarray:
@@ -242,7 +250,7 @@ def _check_declared_size(buf: np.ndarray, what: str) -> None:
         with Image.open(io.BytesIO(buf.tobytes())) as header:
             width, height = header.size
     except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"{what}: refused as a decompression bomb ({error})") from None
+        raise ImageDecodeError(f"{what}: refused as a decompression bomb ({error})") from error
     except (OSError, ValueError):
         return  # not readable by PIL either: OpenCV's own checks decide
     if width * height > MAX_COMPRESSED_PIXELS:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps, ImageStat
 
-from ..config_mapping import dataclass_kwargs
-from ..errors import ConfigError
+from ..settings import check_settings, from_mapping, setting
 
 Augment = Callable[[Image.Image, np.random.Generator], Image.Image]
 
@@ -21,33 +20,25 @@ _CROP_TRIES = 10
 
 @dataclass
 class AugmentConfig:
-    """What to apply to training images; every field at 0 / False means off.
+    """What to apply to training images (YAML ``augment:``); every field at 0 / False means off."""
 
-    random_resized_crop: smallest crop area as a fraction of the image (0 = off, max 1).
-    colour_jitter: brightness/contrast/saturation factors drawn from [1 - s, 1 + s] (max 1).
-    rotation_degrees: rotation drawn from [-d, d] degrees (max 180).
-    blur_sigma: Gaussian blur with sigma drawn from [0, blur_sigma].
-    hflip: mirror left-right with probability 0.5 (off by default: captions may say left/right).
-    """
-
-    random_resized_crop: float = 0.0
-    colour_jitter: float = 0.0
-    rotation_degrees: float = 0.0
-    blur_sigma: float = 0.0
-    hflip: bool = False
+    SECTION: ClassVar[str] = "augment"
+    random_resized_crop: float = setting(0.0, "random resized crop: smallest crop area as a fraction of the image "
+                                              "(0: off)", low=0, high=1)
+    colour_jitter: float = setting(0.0, "brightness, contrast and saturation factors drawn from [1 - s, 1 + s] "
+                                        "(0: off)", low=0, high=1)
+    rotation_degrees: float = setting(0.0, "rotation drawn from [-d, d] degrees (0: off)", low=0, high=180)
+    blur_sigma: float = setting(0.0, "Gaussian blur with sigma drawn from [0, s] (0: off)", low=0, high=100)
+    hflip: bool = setting(False, "mirror left-right with probability 0.5 (off by default: captions may say "
+                                 "left/right)")
 
     def __post_init__(self) -> None:
-        _check_range("random_resized_crop", self.random_resized_crop, 1.0)
-        _check_range("colour_jitter", self.colour_jitter, 1.0)
-        _check_range("rotation_degrees", self.rotation_degrees, 180.0)
-        _check_range("blur_sigma", self.blur_sigma, 100.0)
-        if not isinstance(self.hflip, bool):
-            raise ConfigError(f"augment.hflip must be true or false, got {self.hflip!r}")
+        check_settings(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> AugmentConfig:
         """Build from a mapping (e.g. YAML); unknown keys are a ConfigError naming them."""
-        return cls(**dataclass_kwargs(cls, "augment", {} if d is None else d))
+        return from_mapping(cls, d)
 
     @property
     def enabled(self) -> bool:
@@ -80,14 +71,6 @@ def build_augment(cfg: AugmentConfig) -> Augment | None:
         return image
 
     return augment
-
-
-def _check_range(name: str, value: Any, upper: float) -> None:
-    """ConfigError unless value is a real number in [0, upper]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"augment.{name} must be a number, got {value!r}")
-    if not 0.0 <= value <= upper:
-        raise ConfigError(f"augment.{name} must be between 0 and {upper:g}, got {value!r}")
 
 
 def _random_resized_crop(image: Image.Image, rng: np.random.Generator, min_scale: float) -> Image.Image:

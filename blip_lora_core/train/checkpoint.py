@@ -24,6 +24,7 @@ from ..errors import TrainingError
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"step_(\d{8})\.safetensors")
+_CUDA_RNG = "rng.cuda."  # + the GPU's index: one tensor per GPU
 
 
 @dataclass
@@ -77,7 +78,7 @@ def save_checkpoint(folder: Path, step: int, params: dict[str, torch.Tensor], op
     rng = rng_state()
     tensors["rng.torch"] = rng.pop("torch")
     for i, cuda_state in enumerate(rng.pop("cuda")):
-        tensors[f"rng.cuda.{i}"] = cuda_state
+        tensors[f"{_CUDA_RNG}{i}"] = cuda_state
     meta = {"step": step, "param_groups": opt["param_groups"], "scaler": scaler_state, "rng": rng,
             "param_names": list(params), "extra": extra or {}}
     path = atomic_write_bytes(folder / f"step_{step:08d}.safetensors",
@@ -102,7 +103,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         return _assemble(path, meta, tensors)
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, AttributeError, RecursionError) as error:
         reason = f"missing {error}" if isinstance(error, KeyError) else str(error)[:200]
-        raise TrainingError(f"{path}: unreadable checkpoint ({reason})") from None
+        raise TrainingError(f"{path}: unreadable checkpoint ({reason})") from error
 
 
 def _assemble(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> Checkpoint:
@@ -115,8 +116,8 @@ def _assemble(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> Check
         if key.startswith("optim."):
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = tensor
-    rng = dict(meta["rng"], torch=tensors["rng.torch"],
-               cuda=[tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))])
+    cuda = sorted((int(k.removeprefix(_CUDA_RNG)), t) for k, t in tensors.items() if k.startswith(_CUDA_RNG))
+    rng = dict(meta["rng"], torch=tensors["rng.torch"], cuda=[state for _, state in cuda])  # GPU order
     optimizer = {"state": state, "param_groups": meta["param_groups"]}
     return Checkpoint(meta["step"], params, optimizer, meta["scaler"], rng, path, meta.get("extra", {}))
 

@@ -12,7 +12,7 @@ import math
 import operator
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..atomic import atomic_write_text
-from ..errors import BlipLoraError, ConfigError, DataError
+from ..errors import ConfigError, DataError
 from ..models.images import check_image_file, load_image
 
 MAX_ERRORS_SHOWN = 5
@@ -132,18 +131,6 @@ def sample_to_row(sample: Sample, relative_to: str | Path | None = None) -> dict
     return row
 
 
-def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write rows as JSONL atomically (temp file, fsync, rename): readers never see half a file.
-
-    An I/O error (a full disk) raises DataError naming the file; any previous file is left untouched.
-    """
-    text = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
-    try:
-        atomic_write_text(path, text)
-    except BlipLoraError as error:
-        raise DataError(str(error)) from error.__cause__
-
-
 class ImageCaptionDataset(Dataset):
     """Torch dataset: key -> ``dict(pixel_values=(3, H, W) tensor, text, prompt, index)``.
 
@@ -226,11 +213,11 @@ def _parse_line(source: Path, number: int, raw: bytes) -> Sample:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+        raise DataError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from exc
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise DataError(f"invalid JSON: {str(exc)[:200]}") from None
+        raise DataError(f"invalid JSON: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict):
         raise DataError(f"line is not a JSON object (got {_json_type(obj)})")
     image = _required_string(obj, "image")
@@ -273,8 +260,8 @@ def _check_encodable(key: str, value: str) -> None:
     """Reject lone surrogates (valid JSON escapes, but not text any tokenizer can take)."""
     try:
         value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DataError(f'"{key}" contains invalid Unicode (a lone surrogate escape)') from None
+    except UnicodeEncodeError as error:
+        raise DataError(f'"{key}" contains invalid Unicode (a lone surrogate escape)') from error
 
 
 def _json_type(value: Any) -> str:

@@ -218,7 +218,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     out = Path(config.output_dir)
     train_samples, val_samples = load_samples(config)
 
-    bundle = load_blip(config.model, dtype="fp32", device=str(ctx.device), revision=config.revision or None)
+    bundle = load_blip(config.model, dtype="fp32", device=str(ctx.device), revision=config.revision or None,
+                       attention=config.attention)
     model = bundle.model
     if config.finetune == "lora":
         inject_lora(model, config.lora, dtype=torch.float32)
@@ -390,7 +391,7 @@ def _restore(run: _Run) -> tuple[int, dict]:
             run.scaler.load_state_dict(checkpoint.scaler)
         set_rng_state(checkpoint.rng)
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
-        raise TrainingError(f"{checkpoint.path}: cannot resume from this checkpoint ({str(error)[:200]})") from None
+        raise TrainingError(f"{checkpoint.path}: cannot resume from this checkpoint ({str(error)[:200]})") from error
     log.info("resumed from %s (step %d)", checkpoint.path, checkpoint.step)
     return checkpoint.step, checkpoint.extra.get("best", {})
 

@@ -6,11 +6,10 @@ import argparse
 import csv
 import glob
 import io
-import json
 import sys
 from pathlib import Path
 
-from blip_lora_core.atomic import atomic_write_text
+from blip_lora_core.atomic import atomic_write_text, jsonl_text
 from blip_lora_core.errors import DataError
 
 from ._model_args import add_model_args, captioner_from_args
@@ -66,4 +65,4 @@ def _format(rows: list[dict], out: str | None) -> str:
         writer.writeheader()
         writer.writerows(rows)
         return buffer.getvalue()
-    return "".join(json.dumps(row) + "\n" for row in rows)
+    return jsonl_text(rows)

@@ -6,9 +6,11 @@ import argparse
 import json
 
 from blip_lora_core.atomic import atomic_write_text
+from blip_lora_core.train.config import TrainConfig
 from blip_lora_core.train.data import read_jsonl
 
 from ._model_args import add_model_args, captioner_from_args
+from ._settings_args import add_settings_flags
 
 
 def register(subparsers) -> None:
@@ -16,8 +18,7 @@ def register(subparsers) -> None:
                                    description="Caption every image of a JSONL dataset and score the captions.")
     parser.add_argument("data", help="JSONL dataset with reference captions")
     add_model_args(parser)
-    parser.add_argument("--group-references", action="store_true",
-                        help="score each image against every phrasing of its scene (file-name prefix)")
+    add_settings_flags(parser, TrainConfig, only=("group_references",))
     parser.add_argument("--gallery", default=None, help="write an HTML page of images, references and captions")
     parser.add_argument("--out", default=None, help="write metrics and predictions as JSON")
     parser.set_defaults(func=run)

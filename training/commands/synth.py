@@ -54,8 +54,8 @@ def _colours(text: str) -> tuple[str, ...]:
 def _size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 160x120, got {text!r}") from None
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"size must look like 160x120, got {text!r}") from error
     return width, height
 
 

@@ -14,7 +14,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", sorted(glob("launch/*.launch.py"))),
-        (f"share/{PACKAGE}/config", ["config/captioner.yaml"]),
+        (f"share/{PACKAGE}/config", ["config/captioner.yaml", "config/cyclonedds.xml"]),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -1,0 +1,110 @@
+"""With a slow model (3 s a caption, 3 s an adapter swap) the executor stays live: parameters answer, the
+diagnostics keep their period, Ctrl-C in the middle of a caption ends quietly."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from ros_env import write_params
+
+from bench.ros2_stack import Launched, run
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+SLOW_NODE = Path(__file__).resolve().parent / "slow_node.py"
+
+WATCH = r"""
+import json, sys, time, array
+import rclpy
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rcl_interfaces.msg import Parameter, ParameterValue, ParameterType
+from diagnostic_msgs.msg import DiagnosticArray
+from sensor_msgs.msg import Image
+from blip_captioner_msgs.msg import Caption
+from rclpy.qos import qos_profile_sensor_data
+
+adapter = sys.argv[1]
+rclpy.init()
+node = rclpy.create_node("watch")
+diagnostics, captions = [], []
+node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diagnostics.append(time.monotonic()), 10)
+node.create_subscription(Caption, "/slow/caption/stamped", lambda m: captions.append(time.monotonic()), 10)
+camera = node.create_publisher(Image, "/slow/image", qos_profile_sensor_data)
+get = node.create_client(GetParameters, "/slow/blip_captioner/get_parameters")
+put = node.create_client(SetParameters, "/slow/blip_captioner/set_parameters")
+assert get.wait_for_service(30) and put.wait_for_service(30)
+while camera.get_subscription_count() == 0:
+    rclpy.spin_once(node, timeout_sec=0.1)
+
+def spin_until(future, timeout=20):
+    start = time.monotonic()
+    while not future.done() and time.monotonic() - start < timeout:
+        rclpy.spin_once(node, timeout_sec=0.01)
+    return time.monotonic() - start
+
+def answers(seconds):
+    took, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        took.append(spin_until(get.call_async(GetParameters.Request(names=["max_new_tokens"]))))
+        rclpy.spin_once(node, timeout_sec=0.2)
+    return took
+
+msg = Image(height=8, width=8, encoding="rgb8", step=24, data=array.array("B", bytes(192)))
+msg.header.stamp.sec = 5
+camera.publish(msg)
+during_caption = answers(2.5)
+value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=adapter)
+set_took = spin_until(put.call_async(SetParameters.Request(parameters=[Parameter(name="adapter", value=value)])))
+during_swap = answers(2.5)
+start = time.monotonic()
+while time.monotonic() - start < 6:
+    rclpy.spin_once(node, timeout_sec=0.05)
+gaps = [b - a for a, b in zip(diagnostics, diagnostics[1:])]
+print(json.dumps(dict(during_caption=during_caption, set_took=set_took, during_swap=during_swap, gaps=gaps,
+                      captions=len(captions))))
+"""
+
+
+def test_a_slow_caption_and_adapter_swap_never_block_the_executor(ros_env, tiny_model_dir, adapters, tmp_path):
+    params = write_params(tmp_path / "params.yaml", model=str(tiny_model_dir), device="cpu", max_new_tokens=8,
+                          max_rate_hz=0.0, autostart=True)
+    node = Launched(dict(ros_env, BLIP_SLOW_S="3"), [sys.executable, str(SLOW_NODE), "--ros-args", "-r",
+                                                     "__ns:=/slow", "--params-file", str(params)],
+                    tmp_path / "node.log")
+    try:
+        node.wait_for("[slow.blip_captioner]: captioning")
+        done = run(ros_env, sys.executable, "-c", WATCH, adapters["a"], timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        # a blocked executor answers only when the 3 s caption or swap ends; a live one at once
+        assert result["during_caption"] and max(result["during_caption"]) < 1.0, result
+        assert result["set_took"] < 1.0 and result["during_swap"] and max(result["during_swap"]) < 1.0, result
+        assert result["gaps"] and max(result["gaps"]) < 2.0, result  # diagnostics keep their 1 s period
+        assert result["captions"] >= 1
+        node.wait_for("adapter")  # the swap happened on the worker
+    finally:
+        code = node.stop()
+    output = node.output()
+    assert code == 0 and "Traceback" not in output and "RCLError" not in output, output[-3000:]
+
+
+def test_ctrl_c_in_the_middle_of_a_caption_ends_quietly(ros_env, tiny_model_dir, tmp_path):
+    params = write_params(tmp_path / "params.yaml", model=str(tiny_model_dir), device="cpu", max_new_tokens=8,
+                          max_rate_hz=0.0, autostart=True)
+    node = Launched(dict(ros_env, BLIP_SLOW_S="2"), [sys.executable, str(SLOW_NODE), "--ros-args", "-r",
+                                                     "__ns:=/quiet", "--params-file", str(params)],
+                    tmp_path / "node.log")
+    node.wait_for("[quiet.blip_captioner]: captioning")
+    publish = ("import rclpy, array, time\nfrom sensor_msgs.msg import Image\nfrom rclpy.qos import "
+               "qos_profile_sensor_data\nrclpy.init(); n = rclpy.create_node('cam')\n"
+               "p = n.create_publisher(Image, '/quiet/image', qos_profile_sensor_data)\n"
+               "while p.get_subscription_count() == 0: rclpy.spin_once(n, timeout_sec=0.1)\n"
+               "p.publish(Image(height=8, width=8, encoding='rgb8', step=24, data=array.array('B', bytes(192))))\n"
+               "time.sleep(0.5)\n")
+    assert run(ros_env, sys.executable, "-c", publish).returncode == 0
+    code = node.stop()  # SIGINT while the 2 s caption runs
+    output = node.output()
+    assert code == 0 and "RCLError" not in output and "Traceback" not in output and "context is invalid" not in \
+        output.split("model freed")[0], output[-3000:]

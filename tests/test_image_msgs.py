@@ -200,6 +200,15 @@ def test_mono16_known_values() -> None:
     np.testing.assert_array_equal(big, little)
 
 
+def test_mono16_maps_every_value_as_opencv_convert_scale_does() -> None:
+    """All 65536 values against OpenCV's own scaling by 255/65535 (what cv_bridge does)."""
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    expected = _gray3(cv2.convertScaleAbs(values, alpha=255 / 65535))
+    for order, big in (("<u2", 0), (">u2", 1)):
+        np.testing.assert_array_equal(decode_image(256, 256, "mono16", 512, values.astype(order).tobytes(), big),
+                                      expected)
+
+
 def _yuv601(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     """RGB -> limited-range BT.601 (Y, U, V), the convention of OpenCV's YUV 4:2:x decoders."""
     r, g, b = rgb

@@ -121,10 +121,12 @@ def test_defaults_on_the_cpu(tiny_bundle):
         decoder.generate(pixels, [], n)
     assert len(decoder._plans) == 8
     assert torch.equal(decoder.generate(pixels), decoder.generate(pixels, [], 30))
-    assert decoder.generate(pixels).shape[1] == 31  # random weights: no row ends within 30 tokens
+    ids, log_probs = decoder.decode(pixels)
+    assert torch.equal(ids, decoder.generate(pixels)) and torch.equal(log_probs, decoder.decode(pixels, [], 30)[1])
+    assert ids.shape[1] == 31  # random weights: no row ends within 30 tokens
     _raise_eos(model, 5.0)  # every row's first token is [SEP]
-    assert decoder.generate(pixels).tolist() == [[model.config.text_config.bos_token_id,
-                                                  model.config.text_config.sep_token_id]]
+    ended = [[model.config.text_config.bos_token_id, model.config.text_config.sep_token_id]]
+    assert decoder.generate(pixels).tolist() == decoder.decode(pixels)[0].tolist() == ended
 
 
 @needs_transformers_5
@@ -137,9 +139,22 @@ def test_decoding_stops_once_every_real_row_has_ended(tiny_bundle, buckets):
     steps = []
     model.text_decoder.cls.register_forward_hook(lambda *_: steps.append(1))
     pixels = _pixels(8, seed=1)[:3]
-    got = StaticGreedyDecoder(model, batch_buckets=buckets).generate(pixels, [], 12)
+    decoder = StaticGreedyDecoder(model, batch_buckets=buckets)
+    got = decoder.generate(pixels, [], 12)
     assert got.shape[1] == 1 + 4 and len(steps) == 4
     assert torch.equal(got, _generate(model, pixels, [], 12))
+    # decode: the same ids, and one log-probability per generated token of the real rows, 0 after a row's [SEP]
+    ids, log_probs = decoder.decode(pixels, [], 12)
+    assert torch.equal(ids, got) and log_probs.shape == (3, 4) and log_probs.dtype == torch.float32
+    sep = (ids[:, 1:] == model.config.text_config.sep_token_id).int()
+    after = (sep.cumsum(1) - sep) > 0
+    assert after.any() and (log_probs[after] == 0).all()
+    with torch.inference_mode():  # generate()'s scores of the same steps: log-softmax over the vocabulary
+        scores = model.generate(pixel_values=pixels, max_new_tokens=12, do_sample=False, num_beams=1,
+                                output_scores=True, return_dict_in_generate=True).scores
+    expected = torch.stack([torch.log_softmax(step.float(), -1) for step in scores], 1)  # (B, n, vocab)
+    expected = expected.gather(2, ids[:, 1:, None])[..., 0]
+    torch.testing.assert_close(log_probs[~after], expected[~after], rtol=1e-5, atol=1e-5)
 
 
 @needs_transformers_5

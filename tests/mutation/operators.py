@@ -85,8 +85,11 @@ def mutants(source: str, path: str, select: Callable[[str, str], bool] | None = 
             continue
         if select and not select(context.qualname, _header(lines, statement)):
             continue
-        before = _short(node)
-        after = "(deleted)" if replacement is None else _short(replacement)
+        if operator.startswith("condition always"):  # the condition alone: the key stays short and stable
+            before, after = _short(node.test), operator.rsplit(" ", 1)[1]
+        else:
+            before = _short(node)
+            after = "(deleted)" if replacement is None else _short(replacement)
         if replacement is not None and not hasattr(replacement, "lineno"):
             ast.copy_location(replacement, node)
         key = f"{context.qualname or '<module>'}: {operator}: {before} -> {after}"

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench gpu-bench clean ros-system-libs
+.PHONY: test mutation demo bench gpu-bench clean ros-system-libs
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ test: $(VENV)/.installed $(VENV)/.transformers-lines ros-system-libs
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
+# Mutation testing of the riskiest core modules against their fast unit tests (tests/mutation/; not part
+# of make test: about an hour on 2 cores, less when .mutation/ holds results of unchanged code and tests).
+MUTATION_ARGS ?=
+mutation: $(VENV)/.installed
+	$(BIN)/python -m tests.mutation $(MUTATION_ARGS)
+
 demo: $(VENV)/.installed
 	$(BIN)/python -m blip_lora_training.demo
 
@@ -51,4 +57,4 @@ gpu-bench:
 	bash bench/gpu.sh
 
 clean:
-	rm -rf $(VENV) build ros2_ws/build ros2_ws/install ros2_ws/log .ros2
+	rm -rf $(VENV) build ros2_ws/build ros2_ws/install ros2_ws/log .ros2 .mutation

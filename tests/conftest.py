@@ -13,8 +13,9 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 # make test runs two pytest workers on two cores: one torch thread each, or OpenMP threads stall each other
 torch.set_num_threads(1)
 
-# the real-ROS fixtures (ros_env, adapters, reference) live in tests/ros_env.py
-pytest_plugins = ["ros_env", "onnx_fixtures"]
+# the real-ROS fixtures (ros_env, adapters, reference) live in tests/ros_env.py, the ONNX exports in
+# tests/onnx_fixtures.py; tests/skip_policy.py lists every skip and fails a CI run on one not on its reviewed list
+pytest_plugins = ["ros_env", "onnx_fixtures", "skip_policy"]
 
 SEED_BLOCKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_blocks"
 CAPTIONS = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 from datetime import datetime
 
@@ -147,6 +148,31 @@ def test_metadata_that_lies_about_the_rank(tiny_bundle, tmp_path):
         read_adapter(bad)
 
 
+@pytest.mark.parametrize("side, shape", [("A", (5, 64)), ("A", (3, 64)), ("B", (192, 5)), ("B", (192, 3)),
+                                         ("A", (4, 64, 1)), ("B", (192,))])
+def test_each_tensor_must_have_the_files_rank(tiny_bundle, tmp_path, side, shape):
+    """lora_A (r, in) and lora_B (out, r) are checked one by one: one tensor of another rank is refused."""
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    layer = "vision_model.encoder.layers.1.self_attn.qkv"  # (192, 64)
+
+    def reshape(tensors):
+        tensors[f"{layer}.lora_{side}"] = torch.ones(shape)
+
+    bad = _rewrite(path, tmp_path / "b.safetensors", mutate_tensors=reshape)
+    with pytest.raises(AdapterError, match=rf"b.safetensors: layer {layer}: .*{re.escape(str(shape))}.*rank r=4"):
+        read_adapter(bad)
+
+
+@pytest.mark.parametrize("shape", [(8, 7), (8, 9), (7, 8), (9, 8), (64,), (8, 8, 1)])
+def test_base_probe_must_have_one_row_of_8_values_per_layer(tiny_bundle, tmp_path, shape):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    assert read_adapter(path)[1]["base_probe"].shape == (8, 8)  # 8 adapted layers
+    bad = _rewrite(path, tmp_path / "p.safetensors", mutate_tensors=lambda t: t.update(base_probe=torch.ones(shape)))
+    with pytest.raises(AdapterError, match=rf"p.safetensors: base_probe has shape {re.escape(str(shape))}, "
+                                           r"expected \(8, 8\)"):
+        read_adapter(bad)
+
+
 def test_missing_tensor_and_nan_tensor(tiny_bundle, tmp_path):
     path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
     first = "vision_model.encoder.layers.0.self_attn.qkv"
@@ -233,3 +259,54 @@ def test_a_file_from_a_newer_format_version_is_refused_by_name(tiny_bundle, tmp_
     with pytest.raises(AdapterError, match="format_version 'x'"):
         read_adapter(odd)
     assert read_adapter(path)[0].layers  # the version this code writes reads back
+
+
+def test_the_file_format_stays_readable_by_earlier_versions(tiny_bundle, tmp_path):
+    """The metadata's names and values, the probe's positions (first to last weight, evenly) and the
+    fingerprint's recipe are a file format: files written before must keep loading."""
+    import hashlib
+
+    from faults import split_safetensors
+
+    model = _trained(tiny_bundle)
+    path = save_adapter(model, tmp_path / "a.safetensors", config=CONFIG, base_model="tiny", base_revision="v1",
+                        extra={"epochs": 2})
+    header, _ = split_safetensors(path.read_bytes())
+    layers = list(lora_layers(model))
+    shapes = {name: tuple(dict(model.named_modules())[name].weight.shape) for name in layers}
+    recipe = "\n".join(f"{name}:{out}x{inp}" for name, (out, inp) in shapes.items())
+    assert header["__metadata__"] == {
+        "format": "blip-lora-adapter", "format_version": "1", "r": "4", "alpha": "8.0", "dropout": "0.05",
+        "scaling": "alpha/r", "targets": json.dumps(list(CONFIG.targets)), "layers": json.dumps(layers),
+        "base_model": "tiny", "base_revision": "v1", "fingerprint": hashlib.sha256(recipe.encode()).hexdigest()[:16],
+        "extra": '{"epochs": 2}'}
+    probe = read_adapter(path)[1]["base_probe"]
+    for row, name in enumerate(layers):
+        weight = dict(model.named_modules())[name].weight.detach().reshape(-1)
+        positions = [i * (weight.numel() - 1) // 7 for i in range(8)]  # 8 evenly spaced, first and last included
+        assert torch.equal(probe[row], weight[positions].float()), name
+
+
+def test_adapter_info_says_nothing_it_was_not_told():
+    from blip_lora_core.lora.adapter_io import AdapterInfo
+
+    info = AdapterInfo(CONFIG, ["vision_model.x"])
+    assert (info.base_model, info.base_revision, info.fingerprint, info.extra) == ("", "", "", {})
+
+
+def test_the_base_check_tolerates_half_precision_copies_but_not_other_weights(tiny_bundle, tiny_model_dir, tmp_path):
+    """A copy of the base rounded to bf16 (relative error 2**-8) loads; weights 5 % larger do not."""
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    rounded = load_blip(str(tiny_model_dir)).model
+    with torch.no_grad():
+        for param in rounded.parameters():
+            param.copy_(param.to(torch.bfloat16).float())
+    load_adapter(rounded, path)
+    layer = "vision_model.encoder.layers.1.mlp.fc2"
+    for scale, shift in ((1.05, 0.0), (1.0, 0.025)):
+        other = load_blip(str(tiny_model_dir)).model
+        weight = dict(other.named_modules())[layer].weight
+        with torch.no_grad():  # 5 % larger, or shifted by 2.5 % of the largest weight
+            weight.mul_(scale).add_(shift * weight.abs().max())
+        with pytest.raises(AdapterError, match=f"weights differ from the base .*first at layer {re.escape(layer)}"):
+            load_adapter(other, path)

@@ -72,13 +72,39 @@ def _edges() -> dict[str, set[str]]:
     return edges
 
 
+def _forbidden(edges: dict[str, set[str]]) -> list[str]:
+    """The imports of the core that ALLOWED does not allow (a part may import itself)."""
+    return sorted(f"{where} imports {name}" for where, names in edges.items() for name in names
+                  if name.startswith("blip_lora_core")
+                  and _part(name) not in ALLOWED[where.split(":")[0]] | {where.split(":")[0]})
+
+
 def test_each_part_of_the_core_imports_only_the_parts_below_it():
     edges = _edges()
     assert len(edges) > 25
-    wrong = sorted(f"{where} imports {name}" for where, names in edges.items() for name in names
-                   if name.startswith("blip_lora_core")
-                   and _part(name) not in ALLOWED[where.split(":")[0]] | {where.split(":")[0]})
-    assert wrong == []
+    assert _forbidden(edges) == []
+
+
+def test_the_table_covers_every_part_and_is_one_way():
+    """ALLOWED names each subpackage on disk (and nothing else), and its edges go one way: ordered so that
+    every part allows only parts before it, the graph has no cycle (README: "The import graph is one-way")."""
+    subpackages = {p.name for p in CORE.iterdir() if (p / "__init__.py").is_file()}
+    assert set(ALLOWED) == subpackages | {"root", "__init__"}
+    assert {p.stem for p in CORE.glob("*.py")} == ROOT_MODULES | {"__init__"}
+    order = sorted(ALLOWED, key=lambda part: len(_below(part)))
+    for index, part in enumerate(order):
+        assert ALLOWED[part] - {part} <= set(order[:index]), (part, ALLOWED[part])
+    assert ALLOWED["root"] == {"root"} and "train" not in ALLOWED["runtime"] and "bags" not in ALLOWED["runtime"]
+
+
+def _below(part: str, seen: frozenset = frozenset()) -> set[str]:
+    """Every part `part` may reach through ALLOWED (itself excluded); a cycle makes the test above fail."""
+    if part in seen:
+        return {part}
+    reached = set()
+    for other in ALLOWED[part] - {part}:
+        reached |= {other} | _below(other, seen | {part})
+    return reached
 
 
 def test_runtime_imports_neither_train_nor_bags_and_nothing_imports_the_cli_bench_or_tests():
@@ -148,8 +174,16 @@ def test_the_torch_free_modules_import_no_torch_at_import_time():
 
 
 def test_the_checker_sees_a_forbidden_edge(tmp_path, monkeypatch):
+    """The checker, run on a planted tree, reports exactly its forbidden imports (lazy ones too) and not the
+    allowed ones."""
     bad = tmp_path / "runtime" / "x.py"
     bad.parent.mkdir()
-    bad.write_text("def f():\n    from ..train.loop import train\n    from blip_lora_core.bags import reader\n")
+    bad.write_text("from ..models import captioning\nfrom ..errors import DataError\n\n\ndef f():\n"
+                   "    from ..train.loop import train\n    from blip_lora_core.bags import reader\n")
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "y.py").write_text("from ..models.labels import IGNORE_INDEX\nfrom ..atomic import x\n")
     monkeypatch.setattr(__import__(__name__), "CORE", tmp_path)
-    assert {_part(n) for n in _imports(bad)} == {"train", "bags"}
+    assert {_part(n) for n in _imports(bad)} == {"models", "root", "train", "bags"}
+    assert _forbidden(_edges()) == ["lora:lora/y.py imports blip_lora_core.models.labels",
+                                    "runtime:runtime/x.py imports blip_lora_core.bags",
+                                    "runtime:runtime/x.py imports blip_lora_core.train.loop"]

@@ -1,8 +1,10 @@
-"""Fuzz read_jsonl: on any file content it returns samples or raises DataError, nothing else."""
+"""Fuzz read_jsonl: on any file content it returns samples or raises DataError, nothing else; each test
+checks that both outcomes occurred, so the checks of each branch ran."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -51,27 +53,43 @@ def folder(tmp_path_factory) -> Path:
     return folder
 
 
-def _check(folder: Path, data: bytes, skip_bad: bool) -> None:
+def _check(folder: Path, data: bytes, skip_bad: bool) -> str:
+    """read_jsonl returns samples (all valid) or raises DataError; returns which of the two happened."""
     path = folder / "fuzz.jsonl"
     path.write_bytes(data)
     try:
         samples, bad = read_jsonl(path, skip_bad=skip_bad)
     except DataError:
         event("DataError")
-        return
+        return "DataError"
     event("samples" + (" and bad lines" if bad else ""))
     assert samples, "an empty dataset must raise"
     assert all(s.text.strip() and s.image.is_file() for s in samples)
     assert skip_bad or not bad
+    return "samples"
 
 
-@FUZZ
-@given(st.lists(lines, max_size=6), st.booleans())
-def test_random_lines_return_or_raise_data_error(folder, chunks, skip_bad):
-    _check(folder, b"\n".join(chunks), skip_bad)
+def test_random_lines_return_or_raise_data_error(folder):
+    outcomes = Counter()
+
+    @FUZZ
+    @given(st.lists(lines, max_size=6), st.booleans())
+    def fuzz(chunks, skip_bad):
+        outcomes[_check(folder, b"\n".join(chunks), skip_bad)] += 1
+
+    fuzz()
+    assert outcomes["samples"] and outcomes["DataError"], outcomes  # both branches' checks ran
 
 
-@FUZZ
-@given(st.binary(max_size=200), st.booleans())
-def test_random_bytes_return_or_raise_data_error(folder, data, skip_bad):
-    _check(folder, data, skip_bad)
+def test_random_bytes_return_or_raise_data_error(folder):
+    """Random bytes, alone or as lines around a good line (which --skip-bad keeps when the rest is bad)."""
+    outcomes = Counter()
+
+    @FUZZ
+    @given(st.binary(max_size=200), st.binary(max_size=100), st.booleans(), st.booleans())
+    def fuzz(before, after, with_good_line, skip_bad):
+        data = b"\n".join([before, GOOD_LINE, after]) if with_good_line else before + after
+        outcomes[_check(folder, data, skip_bad)] += 1
+
+    fuzz()
+    assert outcomes["samples"] and outcomes["DataError"], outcomes

@@ -78,3 +78,31 @@ def test_uniform16_lanes_are_uniform_and_uncorrelated():
     lanes = values.view(-1, 4)  # the four 16-bit pieces of one 64-bit draw
     for a, b in ((0, 1), (1, 2), (2, 3), (0, 3)):
         assert abs(float(torch.corrcoef(torch.stack([lanes[:, a], lanes[:, b]]))[0, 1])) < 5e-3
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.999])
+def test_an_element_drops_exactly_when_its_16_bit_uniform_is_below_the_threshold(monkeypatch, p):
+    """Fed every 16-bit value once, the mask drops exactly round(p * 65536) of them: the lowest ones."""
+    import blip_lora_core.lora.dropout as dropout
+
+    monkeypatch.setattr(dropout, "_uniform16", lambda count: torch.arange(-32768, 32768, dtype=torch.int16)[:count])
+    zeroed, factor = lora_dropout(torch.ones(65536), p)
+    threshold = round(p * 65536)
+    assert torch.equal(zeroed == 0, torch.arange(65536) < threshold)
+    assert factor == 65536 / (65536 - threshold)
+
+
+def test_other_devices_use_torch_dropout_in_training_mode(monkeypatch):
+    """Off the CPU (here the meta device) it is torch's dropout, already scaled: factor 1."""
+    calls = []
+    real = torch.nn.functional.dropout
+
+    def spy(x, p=0.5, training=True, **kwargs):  # torch's defaults
+        calls.append((p, training))
+        return real(x, p, training=training, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", spy)
+    x = torch.empty(3, 5, device="meta")
+    zeroed, factor = lora_dropout(x, 0.25)
+    assert calls == [(0.25, True)] and factor == 1.0
+    assert zeroed.device.type == "meta" and zeroed.shape == x.shape

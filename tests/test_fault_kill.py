@@ -7,6 +7,7 @@ equal byte for byte to the one of an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -32,7 +33,7 @@ SLOW_WRITE = 0.15  # seconds before each atomic rename in the trials that kill i
 
 @pytest.fixture(scope="module")
 def run_setup(tiny_model_dir, tmp_path_factory):
-    """Data, a config file, the warm launcher, and the uninterrupted reference run (with its duration)."""
+    """Data, a config file, the warm launcher, and the uninterrupted reference run."""
     from blip_lora_training.synth import write_dataset
 
     root = tmp_path_factory.mktemp("kill")
@@ -40,10 +41,8 @@ def run_setup(tiny_model_dir, tmp_path_factory):
     config = root / "train.yaml"
     config.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "train_file": str(data), **SETTINGS}))
     cli = WarmCli(cli_env(OMP_NUM_THREADS="1"))  # one thread: 3x faster on 2 busy cores
-    began = time.perf_counter()
     assert cli.run(_train(config, root / "reference"), root / "reference-log") == 0, _log(root / "reference-log")
-    duration = time.perf_counter() - began
-    yield cli, config, root, root / "reference" / "last.safetensors", duration
+    yield cli, config, root, root / "reference" / "last.safetensors"
     cli.close()
 
 
@@ -57,9 +56,11 @@ def _log(prefix: Path) -> str:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_and_inside_writes_then_resume_equals_uninterrupted(run_setup):
-    cli, config, root, reference, duration = run_setup
+    cli, config, root, reference = run_setup
     rng = random.Random(6)
-    trials = [("random", rng.uniform(0.05, duration)) for _ in range(6)]
+    # a random moment: a random point of the step after log row k (k <= STEPS - 3, so that at least two steps
+    # and the final writes remain and the kill always lands in a running process)
+    trials = [("random", (rng.randint(1, STEPS - 3), rng.random())) for _ in range(6)]
     trials += [("write", rf"\.step_{rng.randint(1, STEPS - 1):08d}\.safetensors\..*"),
                ("write", rf"\.step_{rng.randint(1, STEPS - 1):08d}\.safetensors\..*"),
                ("write", r"\.last\.safetensors\..*"), ("write", r"\.lora_r4_.*")]
@@ -68,11 +69,18 @@ def test_sigkill_at_random_moments_and_inside_writes_then_resume_equals_uninterr
         out, log = root / f"trial{number}", root / f"trial{number}-log"
         pid = cli.start(_train(config, out), log, slow_write=SLOW_WRITE if kind == "write" else 0.0)
         if kind == "random":
-            time.sleep(when)
+            row, fraction = when
+            alive = functools.partial(_running, pid)
+            _wait_for_rows(out / "train_log.csv", row - 1, alive)
+            step_began = time.monotonic()
+            _wait_for_rows(out / "train_log.csv", row, alive)
+            time.sleep(fraction * (time.monotonic() - step_began))  # into the next step, by a random fraction
         else:
             _wait_for_temp_file(out, when, pid)
         os.kill(pid, signal.SIGKILL)
-        assert cli.wait(pid) in (-signal.SIGKILL, 0), _log(log)
+        assert cli.wait(pid) == -signal.SIGKILL, f"trial {number}: the run was not killed\n{_log(log)}"
+        if kind == "random":
+            assert not (out / "last.safetensors").exists(), f"trial {number}: the kill landed after the training"
         temps = _check_what_a_kill_leaves(out)
         if kind == "write":
             assert any(re_full(when, p.name) for p in temps), (when, temps)
@@ -146,7 +154,7 @@ def test_latest_checkpoint_ignores_partial_temporary_files(tmp_path):
 @pytest.mark.slow
 def test_sigint_saves_a_checkpoint_at_the_last_finished_step_and_exits_130(run_setup, tmp_path):
     """Ctrl-C in a real `python -m blip_lora_training.cli train` (checkpoint_every 0, the CLI default)."""
-    cli, config, root, reference, _ = run_setup
+    cli, config, root, reference = run_setup
     settings = yaml.safe_load(config.read_text())
     settings["checkpoint_every"] = 0
     no_checkpoints = tmp_path / "no_checkpoints.yaml"
@@ -156,7 +164,7 @@ def test_sigint_saves_a_checkpoint_at_the_last_finished_step_and_exits_130(run_s
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=cli_env(OMP_NUM_THREADS="1"))
     try:
-        _wait_for_rows(out / "train_log.csv", 3, process)
+        _wait_for_rows(out / "train_log.csv", 3, lambda: process.poll() is None)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=120)
     finally:
@@ -175,13 +183,22 @@ def test_sigint_saves_a_checkpoint_at_the_last_finished_step_and_exits_130(run_s
     assert log_losses(out / "train_log.csv") == log_losses(reference.with_name("train_log.csv"))
 
 
-def _wait_for_rows(csv_path: Path, rows: int, process: subprocess.Popen, timeout: float = 120.0) -> None:
+def _running(pid: int) -> bool:
+    """Whether the launcher's child pid is still running (not a zombie waiting for its exit code)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for_rows(csv_path: Path, rows: int, alive, timeout: float = 120.0) -> None:
+    """Poll until the training log has `rows` rows; alive() says whether the run still runs."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if csv_path.exists() and len(csv_path.read_text().splitlines()) > rows:
             return
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.01)
+        assert alive(), f"the run ended before {csv_path} had {rows} rows"
+        time.sleep(0.002)
     raise AssertionError(f"{csv_path} did not reach {rows} rows")
 
 

@@ -200,6 +200,15 @@ def test_mono16_known_values() -> None:
     np.testing.assert_array_equal(big, little)
 
 
+def test_mono16_maps_every_value_as_opencv_convert_scale_does() -> None:
+    """All 65536 values against OpenCV's own scaling by 255/65535 (what cv_bridge does)."""
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    expected = _gray3(cv2.convertScaleAbs(values, alpha=255 / 65535))
+    for order, big in (("<u2", 0), (">u2", 1)):
+        np.testing.assert_array_equal(decode_image(256, 256, "mono16", 512, values.astype(order).tobytes(), big),
+                                      expected)
+
+
 def _yuv601(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     """RGB -> limited-range BT.601 (Y, U, V), the convention of OpenCV's YUV 4:2:x decoders."""
     r, g, b = rgb
@@ -341,6 +350,7 @@ def test_tiff_is_exact(fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt, kind", [("rgb8; png compressed rgb8", ".png"), ("png compressed rgb8", ".png"),
+                                       ("rgba8; png compressed rgba8", ".png"),
                                        ("rgb8; tiff compressed rgb8", ".tiff"),
                                        ("rgb8; jpeg compressed rgb8 ", ".jpg")])
 def test_a_payload_declared_rgb8_keeps_its_channel_order(fmt: str, kind: str) -> None:
@@ -406,12 +416,16 @@ BAD_IMAGES = [
     (2, 3, "uyvy", 6, bytes(12), ["even width"]),
     (2, 3, "yuv422", 6, bytes(12), ["even width"]),
     (3, 2, "nv12", 2, bytes(12), ["even height", "3x2"]),
+    (2, 3, "nv12", 3, bytes(12), ["even width", "2x3"]),
     (2, 3, "nv21", 3, bytes(12), ["even width", "2x3"]),
+    (3, 2, "nv21", 2, bytes(12), ["even height", "3x2"]),
     (0, 2, "rgb8", 6, bytes(12), ["must be positive", "0x2"]),
     (2, 0, "rgb8", 6, bytes(12), ["must be positive", "2x0"]),
     (-1, 2, "rgb8", 6, bytes(12), ["must be positive"]),
     (2.5, 2, "rgb8", 6, bytes(12), ["height must be an integer"]),
+    (2, "2", "rgb8", 6, bytes(12), ["width must be an integer"]),
     (2, 2, "rgb8", None, bytes(12), ["step must be an integer"]),
+    (2, 2, ["rgb8"], 6, bytes(12), ["unsupported encoding"]),
     (2, 2, "rgb8", 6, np.zeros(12, np.float32), ["float32"]),
     (2, 2, "rgb8", 6, [0] * 11 + [256], ["bytes 0..255"]),
     (2, 2, "rgb8", 6, array.array("H", [0] * 12), ["array.array('H')"]),
@@ -427,6 +441,30 @@ def test_bad_images_raise(height, width, encoding, step, data, words) -> None:
     assert repr(encoding) in message
     for word in words:
         assert word in message, message
+
+
+def test_is_bigendian_must_be_an_integer_and_defaults_to_little_endian() -> None:
+    with pytest.raises(ImageDecodeError, match="is_bigendian must be an integer, got 'no'"):
+        decode_image(1, 1, "mono16", 2, bytes([1, 2]), "no")
+    # a message without is_bigendian (some drivers' duck-typed messages): little-endian, high byte second
+    msg = SimpleNamespace(height=1, width=2, encoding="mono16", step=4, data=bytes([1, 2, 3, 4]))
+    np.testing.assert_array_equal(decode_message(msg), _gray3(np.array([[2, 4]], np.uint8)))
+
+
+def test_signed_byte_arrays_are_bytes_too() -> None:
+    data = array.array("b", [-56, 100, 30] * 4)  # -56 is the byte 200
+    np.testing.assert_array_equal(decode_image(2, 2, "rgb8", 6, data), np.full((2, 2, 3), FLAT, np.uint8))
+
+
+def test_long_field_values_are_cut_short_in_messages() -> None:
+    """repr() of a field is quoted whole up to 60 characters, else its first 57 and '...'."""
+    fits, long = "e" * 58, "e" * 59  # reprs of 60 and 61 characters
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(2, 2, fits, 6, bytes(12))
+    assert f"image {fits!r} 2x2" in str(info.value)
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(2, 2, long, 6, bytes(12))
+    assert f"image {repr(long)[:57]}... 2x2" in str(info.value)
 
 
 def test_bad_image_message_through_rosbags() -> None:
@@ -462,20 +500,67 @@ def test_truncated_png_raises() -> None:
         decode_message(compressed_msg("png", np.frombuffer(png[:30], np.uint8)))
 
 
-def test_png_with_huge_chunk_length_fails_fast() -> None:
-    """OpenCV would allocate the 2 GiB a corrupt chunk header claims; the decoder rejects it first."""
-    png = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
-    png[33:37] = (0x7FFFFFFF).to_bytes(4, "big")  # the IDAT chunk's length field
-    start = time.perf_counter()
-    with pytest.raises(ImageDecodeError, match="claims 2147483647 bytes"):
+def _png(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes()
+
+
+@pytest.mark.parametrize("overrun", [2_147_483_647 - 21, 1])
+def test_png_with_a_chunk_longer_than_the_data_is_refused_before_opencv(overrun: int, monkeypatch) -> None:
+    """OpenCV would allocate whatever a corrupt chunk header claims (2 GiB: seconds); the decoder refuses the
+    file before OpenCV sees it, however much (here 1 byte) the chunk overruns the data."""
+    import blip_lora_core.runtime.image_msgs as image_msgs
+
+    png = bytearray(_png(np.zeros((8, 8, 3), np.uint8)))
+    length = int.from_bytes(png[33:37], "big")  # the IDAT chunk's length field
+    claimed = len(png) - 33 - 12 + overrun  # its data would end `overrun` bytes past the file's end
+    png[33:37] = claimed.to_bytes(4, "big")
+    monkeypatch.setattr(image_msgs.cv2, "imdecode", lambda *a: pytest.fail("OpenCV saw the corrupt PNG"))
+    with pytest.raises(ImageDecodeError, match=f"a chunk at byte 33 claims {claimed} bytes but only "
+                                               f"{claimed - overrun} remain"):
         decode_compressed("png", bytes(png))
-    assert time.perf_counter() - start < 0.1
+    assert length < claimed
 
 
-@pytest.mark.parametrize("msg", [object(), SimpleNamespace(data=b"x"), SimpleNamespace(encoding="rgb8"),
-                                 SimpleNamespace(format="png")])
-def test_bad_messages_raise(msg: object) -> None:
-    with pytest.raises(ImageDecodeError):
+def test_png_chunk_walk_stops_at_iend_and_at_the_end_of_the_data() -> None:
+    """Bytes after IEND (some encoders append data) are not chunks; a file cut right after a chunk's length
+    and type (8 bytes, no data or CRC left) is refused as truncated."""
+    rgb = np.random.default_rng(6).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    png = _png(rgb)
+    np.testing.assert_array_equal(decode_compressed("png", png + b"\xff\xff\xff\xff trailing bytes"), rgb)
+    iend = png.rindex(b"IEND") - 4
+    cut = png[:iend] + (100).to_bytes(4, "big") + b"tEXt"
+    with pytest.raises(ImageDecodeError, match=f"corrupt or truncated png, a chunk at byte {iend} claims 100"):
+        decode_compressed("png", cut)
+
+
+def test_compressed_size_limit_is_100_million_pixels_and_inclusive(monkeypatch) -> None:
+    import struct
+    import zlib
+
+    import blip_lora_core.runtime.image_msgs as image_msgs
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000_001, 1, 8, 2, 0, 0, 0))
+    png = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageDecodeError, match="header claims 100000001x1 pixels, more than 100,000,000"):
+        decode_compressed("png", png)
+    monkeypatch.setattr(image_msgs, "MAX_COMPRESSED_PIXELS", 64)
+    rgb = np.random.default_rng(7).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_compressed("png", _png(rgb)), rgb)  # exactly the limit
+    with pytest.raises(ImageDecodeError, match="header claims 13x5 pixels, more than 64"):
+        decode_compressed("png", _png(np.zeros((5, 13, 3), np.uint8)))
+
+
+@pytest.mark.parametrize("msg, words", [
+    (object(), "object is neither an Image (no .encoding) nor a CompressedImage (no .format)"),
+    (SimpleNamespace(data=b"x"), "SimpleNamespace is neither an Image"),
+    (SimpleNamespace(encoding="rgb8"), "SimpleNamespace message is missing a field"),
+    (SimpleNamespace(format="png"), "SimpleNamespace message is missing a field"),
+])
+def test_bad_messages_raise(msg: object, words: str) -> None:
+    with pytest.raises(ImageDecodeError, match=re.escape(words)):
         decode_message(msg)
 
 

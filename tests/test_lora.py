@@ -87,6 +87,14 @@ def test_hook_with_dropout_matches_the_formula_in_values_and_gradients(contiguou
     torch.testing.assert_close(got_grads[1], layer.lora_B.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_adapter_takes_the_layer_weights_dtype_unless_told():
+    layer = nn.Linear(8, 4).to(torch.bfloat16)
+    holder = nn.Sequential()
+    holder.add_module("vision_model", nn.Sequential(layer))
+    inject_lora(holder, LoraConfig(r=2))
+    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.bfloat16
+
+
 def test_fp32_adapter_on_a_bf16_layer_runs_without_autocast():
     torch.manual_seed(0)
     layer = nn.Linear(8, 4).to(torch.bfloat16)
@@ -110,10 +118,12 @@ def test_rslora_scaling_is_alpha_over_sqrt_r():
 
 
 def test_a_is_kaiming_uniform_and_b_is_zero(tiny_bundle):
+    torch.manual_seed(0)
     inject_lora(tiny_bundle.model, LoraConfig(r=4))
     for module in lora_layers(tiny_bundle.model).values():
         bound = 1 / math.sqrt(module.in_features)  # kaiming_uniform(a=sqrt(5)) bound
-        assert module.lora_A.abs().max() <= bound and module.lora_A.abs().max() > bound / 2
+        # 256 or more uniform draws on [-bound, bound]: the largest is within 3 % of the bound
+        assert 0.97 * bound < module.lora_A.abs().max() <= bound
         assert torch.count_nonzero(module.lora_B) == 0
 
 
@@ -156,12 +166,20 @@ def test_trainable_parameter_count(tiny_bundle):
     assert f"{expected:,}" in str(count)
 
 
-def test_merged_equals_unmerged_and_merging_twice_is_a_no_op(tiny_bundle, pixels):
+WITH_TEXT = (r"vision_model\..*", r"text_decoder\..*\.attention\.self\.(query|value)")
+
+
+@pytest.mark.parametrize("targets, layers", [(LoraConfig().targets, 8), (WITH_TEXT, 12)])
+def test_merged_equals_unmerged_and_merging_twice_is_a_no_op(tiny_bundle, pixels, targets, layers):
     model = tiny_bundle.model.eval()
-    inject_lora(model, LoraConfig(r=4, alpha=8))
+    inject_lora(model, LoraConfig(r=4, alpha=8, targets=targets))
     _randomise_b(model)
     hooked = _forward(model, pixels)
-    assert merge_lora(model) == 8 and is_merged(model)
+    base = {n: m.weight.clone() for n, m in lora_layers(model).items()}
+    assert merge_lora(model) == layers and is_merged(model)
+    for name, module in lora_layers(model).items():  # every layer's weight holds its update: W + (alpha/r) B A
+        expected = base[name] + 2.0 * module.lora_B @ module.lora_A
+        torch.testing.assert_close(module.weight, expected, rtol=1e-5, atol=1e-6, msg=name)
     merged = _forward(model, pixels)
     torch.testing.assert_close(merged, hooked, rtol=1e-5, atol=1e-5)
     weights = {n: m.weight.clone() for n, m in lora_layers(model).items()}
@@ -193,9 +211,16 @@ def test_merge_refuses_non_finite_updates(tiny_bundle):
     with torch.no_grad():
         layer.lora_B.fill_(float("inf"))
     before = layer.weight.clone()
-    with pytest.raises(AdapterError, match=layer_name):
+    with pytest.raises(AdapterError, match=f"cannot merge layer {layer_name}: its LoRA update is not finite"):
         merge_lora(model)
     assert torch.equal(layer.weight, before)
+    with torch.no_grad():  # a finite update (8 * 4 * 5e36 = 1.6e38) that overflows a huge weight (2e38)
+        layer.lora_A.fill_(1.0)
+        layer.lora_B.fill_(5e36)
+        layer.weight.fill_(2e38)
+    with pytest.raises(AdapterError, match=f"cannot merge layer {layer_name}: merged weight is not finite"):
+        merge_lora(model)
+    assert (layer.weight == 2e38).all()
 
 
 def test_remove_restores_the_original_model_exactly(tiny_bundle, pixels):
@@ -211,6 +236,30 @@ def test_remove_restores_the_original_model_exactly(tiny_bundle, pixels):
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
     assert torch.equal(_forward(model, pixels), base)
     assert {n: list(m._forward_hooks.values()) for n, m in model.named_modules()} == hooks
+
+
+def test_remove_after_merging_gives_back_the_base_or_keeps_the_update(tiny_bundle, tiny_model_dir, pixels):
+    from blip_lora_core.models.loading import load_blip
+
+    for merge_first in (False, True):
+        model = load_blip(str(tiny_model_dir)).model.eval()
+        attributes, base = set(vars(model)), _forward(model, pixels)
+        inject_lora(model, LoraConfig(r=4))
+        _randomise_b(model)
+        hooked = _forward(model, pixels)
+        if merge_first:
+            merge_lora(model)
+        remove_lora(model, keep_merged=True)  # merges (if not yet) and keeps the update in the weights
+        assert not lora_layers(model) and set(vars(model)) == attributes
+        torch.testing.assert_close(_forward(model, pixels), hooked, rtol=1e-5, atol=1e-5)
+    model = tiny_bundle.model.eval()
+    inject_lora(model, LoraConfig(r=4))
+    _randomise_b(model)
+    merge_lora(model)
+    remove_lora(model)  # unmerges first: the base model again
+    torch.testing.assert_close(_forward(model, pixels), base, rtol=1e-5, atol=1e-5)
+    remove_lora(model)  # a model without LoRA: nothing to do
+    assert set(vars(model)) == attributes
 
 
 def test_dropout_applies_to_the_lora_branch_in_training_only(tiny_bundle, pixels):
@@ -229,6 +278,28 @@ def test_dropout_applies_to_the_lora_branch_in_training_only(tiny_bundle, pixels
     assert not torch.allclose(_forward(model, pixels), first)
 
 
+def test_explicit_layer_names_are_exactly_the_layers_adapted(tiny_bundle):
+    model = tiny_bundle.model
+    names = ["vision_model.encoder.layers.1.mlp.fc2", "text_decoder.bert.encoder.layer.0.attention.self.query"]
+    assert inject_lora(model, LoraConfig(r=4), layer_names=names) == names  # the config's targets do not apply
+    assert sorted(lora_layers(model)) == sorted(names)
+
+
+def test_a_named_layer_that_is_not_linear_is_refused(tiny_bundle):
+    with pytest.raises(AdapterError, match=r"layer 'vision_model.encoder.layers.0.mlp' is not an nn.Linear .*MLP"):
+        inject_lora(tiny_bundle.model, LoraConfig(r=4), layer_names=["vision_model.encoder.layers.0.mlp"])
+    assert not lora_layers(tiny_bundle.model)
+
+
+def test_rank_up_to_the_smallest_dimension_is_allowed():
+    holder = nn.Sequential()
+    holder.add_module("vision_model", nn.Sequential(nn.Linear(6, 5)))
+    assert inject_lora(holder, LoraConfig(r=5)) == ["vision_model.0"]
+    remove_lora(holder)
+    with pytest.raises(AdapterError, match="r=6 exceeds"):
+        inject_lora(holder, LoraConfig(r=6))
+
+
 def test_inject_twice_and_no_target_are_errors(tiny_bundle):
     with pytest.raises(AdapterError, match="no nn.Linear"):
         inject_lora(tiny_bundle.model, LoraConfig(targets=("nothing_here",)))
@@ -237,11 +308,22 @@ def test_inject_twice_and_no_target_are_errors(tiny_bundle):
         inject_lora(tiny_bundle.model, LoraConfig())
 
 
-@pytest.mark.parametrize("kwargs", [dict(r=0), dict(alpha=-1), dict(dropout=1.0), dict(targets=()),
-                                    dict(targets=("(",)), dict(r=2.5)])
+@pytest.mark.parametrize("kwargs", [
+    dict(r=0), dict(r=2.5), dict(r=True), dict(r="4"), dict(alpha=-1), dict(alpha=0), dict(alpha=float("inf")),
+    dict(alpha="8"), dict(dropout=1.0), dict(dropout=-0.1), dict(dropout="0.1"), dict(rslora=1), dict(rslora="yes"),
+    dict(targets=()), dict(targets=("(",)), dict(targets="vision_model.*"), dict(targets=5), dict(targets=[r".*", 1]),
+])
 def test_config_validation(kwargs):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=rf"lora\.{next(iter(kwargs))}\b"):
         LoraConfig(**kwargs)
+
+
+def test_config_defaults_and_smallest_valid_values():
+    assert LoraConfig() == LoraConfig(r=16, alpha=32.0, dropout=0.05, rslora=False, targets=(r"vision_model\..*",))
+    config = LoraConfig(r=1, alpha=0.5, dropout=0.0, rslora=True, targets=[r".*\.fc1", r".*\.fc2"])
+    assert (config.r, config.alpha, config.dropout) == (1, 0.5, 0.0)
+    assert config.targets == (r".*\.fc1", r".*\.fc2")  # a list is kept as a tuple: the config stays hashable
+    assert hash(config) == hash(LoraConfig(r=1, alpha=0.5, dropout=0.0, rslora=True, targets=config.targets))
 
 
 def test_blip_large_on_meta_has_96_targets_and_the_published_counts():

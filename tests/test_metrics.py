@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pycocoevalcap.cider.cider import Cider
 
 from blip_lora_core.train.data import Sample
 from blip_lora_core.train.metrics import (
@@ -59,7 +60,10 @@ def test_cider_right_beats_wrong():
     # Perfect captions: cosine 1 for every n-gram order that exists, times 10. The two
     # three-word captions have no 4-grams (order 4 scores 0): 10 * 3/4 each; the third scores 10.
     assert right == pytest.approx((7.5 + 7.5 + 10.0) / 3, abs=1e-9)
-    assert wrong == pytest.approx(2.947732123, abs=1e-6)
+    # pycocoevalcap's CIDEr-D on the same corpus, tokenised by hand (lower case, split on spaces)
+    gts = {0: ["one blue cube"], 1: ["one red cube"], 2: ["a green cube on top of a blue cube"]}
+    res = {0: ["one red cube"], 1: ["one blue cube"], 2: ["a blue cube on top of a green cube"]}
+    assert wrong == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-12)
     assert cider(["x y z", "q", "w"], references) == 0.0
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from transformers import BlipForConditionalGeneration
 
 from blip_lora_core import BlipLoraError, ConfigError
+from blip_lora_core._compat import TRANSFORMERS_MAJOR
 from blip_lora_core.models.loading import BOS_TOKEN, blip_large_config, load_blip, resolve_dtype
 from blip_lora_core.models.preprocess import ImagePreprocessor
 from tests.conftest import CAPTIONS
@@ -65,11 +66,22 @@ def test_blip_large_config_matches_the_published_architecture():
     assert config.text_config.encoder_hidden_size == 1024
 
 
+def _pil_image_processor():
+    """transformers' PIL-based BLIP image processor: BlipImageProcessorPil from 5.x, BlipImageProcessor before
+    (5.x's BlipImageProcessor is the torchvision one)."""
+    if TRANSFORMERS_MAJOR >= 5:
+        from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+        return BlipImageProcessorPil
+    from transformers.models.blip.image_processing_blip import BlipImageProcessor
+
+    return BlipImageProcessor
+
+
 def test_preprocessing_matches_transformers_pil_processor(tiny_model_dir):
-    pil_processor = pytest.importorskip("transformers.models.blip.image_processing_pil_blip")
     config = json.loads((tiny_model_dir / "preprocessor_config.json").read_text())
     ours = ImagePreprocessor.from_dict(config)
-    theirs = pil_processor.BlipImageProcessorPil(size={"height": ours.height, "width": ours.width})
+    theirs = _pil_image_processor()(size={"height": ours.height, "width": ours.width})
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
     expected = torch.as_tensor(np.asarray(theirs(images=[image], return_tensors="np")["pixel_values"]))

@@ -40,6 +40,7 @@ def test_schedule_warms_up_linearly_then_reaches_the_floor_at_the_last_step():
     assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False))
     assert factors[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
     assert lr_factor(0, 1, 5, 0.0) == 0.0
+    assert lr_factor(9, 10, 3) == pytest.approx(0.0, abs=1e-12)  # the floor is 0 by default
     with pytest.raises(ValueError):
         lr_factor(10, 10, 3)
 
@@ -104,6 +105,25 @@ def test_lora_training_lowers_the_loss_and_writes_everything(tiny_model_dir, syn
     assert saved.train_file == str(synth_data) and saved.lora.r == 4 and list(saved.lora.targets) == targets
     info, _ = read_adapter(result.adapter)
     assert info.base_model == str(tiny_model_dir) and info.config.r == 4
+
+
+def test_each_step_runs_at_its_own_scheduled_rate(train_config, synth_data, tmp_path, monkeypatch):
+    """The optimizer steps at lr * lr_factor(step) (warm-up, then cosine to the floor), and the log says so."""
+    applied = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        applied.append([group["lr"] for group in self.param_groups])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    result = train(train_config(synth_data, tmp_path / "lr", max_steps=5, warmup_steps=2, lr=1e-2,
+                                 min_lr_ratio=0.1))
+    expected = [1e-2 * factor for factor in (0.5, 1.0, 1.0, 0.1 + 0.9 * 0.5, 0.1)]  # cos(pi / 2) = 0 at step 3
+    assert expected == pytest.approx([1e-2 * lr_factor(step, 5, 2, 0.1) for step in range(5)], rel=1e-12)
+    assert [rates[0] for rates in applied] == pytest.approx(expected, rel=1e-12)
+    assert all(len(set(rates)) == 1 for rates in applied)  # every parameter group
+    assert [row["lr"] for row in result.history] == pytest.approx(expected, rel=1e-12)
 
 
 def test_accumulating_4_x_batch_1_equals_batch_4(train_config, synth_data, tmp_path):
@@ -186,8 +206,49 @@ def test_fp16_on_cpu_falls_back_and_bf16_trains(train_config, synth_data, tmp_pa
     assert fp16.steps == 1
 
 
-def test_prompt_is_trained_and_stripped(train_config, synth_data, tmp_path):
-    result = train(train_config(synth_data, tmp_path / "p", prompt="a picture of", max_steps=2))
+def test_prompt_is_trained_and_stripped(tiny_model_dir, train_config, synth_data, tmp_path, monkeypatch):
+    """Training batches are [DEC] prompt caption [SEP] with [DEC] and the prompt masked; validation captions
+    are generated after the prompt and returned without it; the adapter remembers the prompt."""
+    from transformers import AutoTokenizer
+
+    import blip_lora_core.train.loop as train_module
+    from blip_lora_core.models.images import load_image
+    from blip_lora_core.models.labels import IGNORE_INDEX
+
+    batches, predictions = [], []
+    real_loss, real_predict = train_module.token_loss_sum, train_module.predict
+
+    def recording_loss(model, batch, *args):
+        batches.append({k: v.clone() for k, v in batch.items() if k != "pixel_values"})
+        return real_loss(model, batch, *args)
+
+    def checked_predict(bundle, samples, *, prompt, max_new_tokens, batch_size):
+        got = real_predict(bundle, samples, prompt=prompt, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        # independently: generate() after [DEC] prompt [SEP], then decode what follows the prompt
+        tok, text = bundle.tokenizer, bundle.model.config.text_config
+        ids = tok(prompt, add_special_tokens=False).input_ids
+        pixels = bundle.preprocess.batch([load_image(s.image) for s in samples])
+        start = torch.tensor([[text.bos_token_id, *ids, text.sep_token_id]] * len(samples))
+        bundle.model.eval()
+        with torch.inference_mode():
+            out = bundle.model.generate(pixel_values=pixels, input_ids=start, max_new_tokens=max_new_tokens)
+        bundle.model.train()
+        predictions.append((prompt, got, [tok.decode(row[1 + len(ids):], skip_special_tokens=True) for row in out]))
+        return got
+
+    monkeypatch.setattr(train_module, "token_loss_sum", recording_loss)
+    monkeypatch.setattr(train_module, "predict", checked_predict)
+    result = train(train_config(synth_data, tmp_path / "p", prompt="a picture of", max_steps=2, val_fraction=0.25))
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prompt_ids = tokenizer("a picture of", add_special_tokens=False).input_ids
+    assert len(batches) == 2
+    for batch in batches:
+        head = 1 + len(prompt_ids)
+        assert (batch["input_ids"][:, 1:head] == torch.tensor(prompt_ids)).all()
+        assert (batch["labels"][:, :head] == IGNORE_INDEX).all() and (batch["labels"][:, head] != IGNORE_INDEX).all()
+    assert len(predictions) == 1
+    prompt, got, expected = predictions[0]
+    assert prompt == "a picture of" and len(got) == 3 and got == expected
     info, _ = read_adapter(result.adapter)
     assert info.extra["prompt"] == "a picture of"
 

@@ -19,6 +19,7 @@ ALLOWED = {
     "runtime": {"root", "lora", "models"},
     "train": {"root", "lora", "models"},
     "bags": {"root", "lora", "models", "runtime", "train"},
+    "labelling": {"root", "lora", "models", "train"},
     "__init__": {"root", "lora"},
 }
 FOREIGN = ("blip_lora_training", "bench", "tests", "blip_captioner")

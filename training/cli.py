@@ -13,7 +13,7 @@ from blip_lora_core.models.loading import disable_progress_bars
 # Each module in training/commands/ defines `register(subparsers)`, which adds its parser and sets
 # `func=run`, where `run(args) -> int`. Registering needs only the base install; a command's run()
 # imports what its extra brings.
-COMMAND_MODULES = ("train", "caption", "eval", "export", "synth", "bag")
+COMMAND_MODULES = ("train", "caption", "eval", "export", "synth", "bag", "label")
 # top-level module -> the pip extra that installs it
 EXTRA_OF_MODULE = {"pycocoevalcap": "train", "matplotlib": "train", "tqdm": "train", "rosbags": "bags"}
 

@@ -15,34 +15,57 @@ from ..errors import ConfigError
 
 Augment = Callable[[Image.Image, np.random.Generator], Image.Image]
 
-_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect-ratio range of random crops, as in torchvision
-_CROP_TRIES = 10
+_CONTENT_WIDTH = 64  # the content box is found on a copy of the image this many pixels wide
+_CONTENT_THRESHOLD = 60.0  # sum over R, G, B of |pixel - its blurred surroundings| (0-765) that marks content
+_CONTENT_MARGIN = 0.1  # the box grows by this fraction of its size on each side
 
 
 @dataclass
 class AugmentConfig:
-    """What to apply to training images; every field at 0 / False means off.
+    """What to apply to training images; every field at 0 / False means off (``AugmentConfig.off()``).
 
-    random_resized_crop: smallest crop area as a fraction of the image (0 = off, max 1).
+    The defaults make an adapter hold on another camera: closer, cropped to another aspect (portrait), with
+    another white balance, slightly rolled, without losing exact match on the training camera
+    (bench/camera_robust.py measures it on seed_blocks).
+
+    random_resized_crop: smallest crop area as a fraction of the image (0 = off, max 1). A crop always holds
+        the image's content box (what stands out from its local background: the objects), so zooming in
+        never cuts away what the caption talks about.
+    crop_aspect: crop aspect ratios drawn log-uniformly from [1/a, a] times the image's own (1 to 10; a 9:16
+        portrait crop of a 16:9 frame is 1/3.2).
     colour_jitter: brightness/contrast/saturation factors drawn from [1 - s, 1 + s] (max 1).
+    white_balance: red and blue gains drawn from [1 - s, 1 + s], green kept (max 0.9): another camera's
+        white balance.
     rotation_degrees: rotation drawn from [-d, d] degrees (max 180).
     blur_sigma: Gaussian blur with sigma drawn from [0, blur_sigma].
     hflip: mirror left-right with probability 0.5 (off by default: captions may say left/right).
     """
 
-    random_resized_crop: float = 0.0
-    colour_jitter: float = 0.0
-    rotation_degrees: float = 0.0
-    blur_sigma: float = 0.0
+    random_resized_crop: float = 0.25
+    crop_aspect: float = 3.5
+    colour_jitter: float = 0.2
+    white_balance: float = 0.2
+    rotation_degrees: float = 5.0
+    blur_sigma: float = 0.5
     hflip: bool = False
 
     def __post_init__(self) -> None:
         _check_range("random_resized_crop", self.random_resized_crop, 1.0)
+        _check_range("crop_aspect", self.crop_aspect, 10.0)
+        if self.crop_aspect < 1.0:
+            raise ConfigError(f"augment.crop_aspect must be between 1 and 10, got {self.crop_aspect!r}")
         _check_range("colour_jitter", self.colour_jitter, 1.0)
+        _check_range("white_balance", self.white_balance, 0.9)
         _check_range("rotation_degrees", self.rotation_degrees, 180.0)
         _check_range("blur_sigma", self.blur_sigma, 100.0)
         if not isinstance(self.hflip, bool):
             raise ConfigError(f"augment.hflip must be true or false, got {self.hflip!r}")
+
+    @classmethod
+    def off(cls) -> AugmentConfig:
+        """Every augmentation off."""
+        return cls(random_resized_crop=0.0, colour_jitter=0.0, white_balance=0.0, rotation_degrees=0.0,
+                   blur_sigma=0.0, hflip=False)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> AugmentConfig:
@@ -52,15 +75,15 @@ class AugmentConfig:
     @property
     def enabled(self) -> bool:
         """True when any augmentation is on."""
-        return bool(self.random_resized_crop or self.colour_jitter or self.rotation_degrees
+        return bool(self.random_resized_crop or self.colour_jitter or self.white_balance or self.rotation_degrees
                     or self.blur_sigma or self.hflip)
 
 
 def build_augment(cfg: AugmentConfig) -> Augment | None:
     """Return ``augment(image, rng) -> image`` (same size, RGB), or None when everything is off.
 
-    Order: random resized crop, horizontal flip, rotation, colour jitter, blur. Each step draws
-    from ``rng`` only when enabled, so equal generators give equal images.
+    Order: random resized crop, horizontal flip, rotation, colour jitter, white balance, blur. Each step
+    draws from ``rng`` only when enabled, so equal generators give equal images.
     """
     if not cfg.enabled:
         return None
@@ -68,13 +91,15 @@ def build_augment(cfg: AugmentConfig) -> Augment | None:
     def augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
         image = image if image.mode == "RGB" else image.convert("RGB")
         if cfg.random_resized_crop:
-            image = _random_resized_crop(image, rng, cfg.random_resized_crop)
+            image = _random_resized_crop(image, rng, cfg.random_resized_crop, cfg.crop_aspect)
         if cfg.hflip and rng.random() < 0.5:
             image = ImageOps.mirror(image)
         if cfg.rotation_degrees:
             image = _rotate(image, float(rng.uniform(-cfg.rotation_degrees, cfg.rotation_degrees)))
         if cfg.colour_jitter:
             image = _colour_jitter(image, rng, cfg.colour_jitter)
+        if cfg.white_balance:
+            image = _white_balance(image, rng, cfg.white_balance)
         if cfg.blur_sigma:
             image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.0, cfg.blur_sigma))))
         return image
@@ -90,19 +115,41 @@ def _check_range(name: str, value: Any, upper: float) -> None:
         raise ConfigError(f"augment.{name} must be between 0 and {upper:g}, got {value!r}")
 
 
-def _random_resized_crop(image: Image.Image, rng: np.random.Generator, min_scale: float) -> Image.Image:
-    """Crop a random box of area in [min_scale, 1] and aspect in 3/4..4/3, resized back to full size."""
+def _random_resized_crop(image: Image.Image, rng: np.random.Generator, min_scale: float,
+                         max_aspect: float) -> Image.Image:
+    """Crop a random box (area about [min_scale, 1] of the image, aspect [1/a, a] times the image's) that holds
+    the content box, resized back to full size; the box grows past the drawn size where the content needs it."""
     width, height = image.size
-    box = (0.0, 0.0, float(width), float(height))
-    for _ in range(_CROP_TRIES):
-        area = width * height * rng.uniform(min_scale, 1.0)
-        ratio = math.exp(rng.uniform(math.log(_CROP_RATIO[0]), math.log(_CROP_RATIO[1])))
-        w, h = math.sqrt(area * ratio), math.sqrt(area / ratio)
-        if w <= width and h <= height:
-            left, top = rng.uniform(0.0, width - w), rng.uniform(0.0, height - h)
-            box = (left, top, left + w, top + h)
-            break
-    return image.resize((width, height), Image.Resampling.BICUBIC, box=box)
+    area = rng.uniform(min_scale, 1.0)
+    aspect = math.exp(rng.uniform(-math.log(max_aspect), math.log(max_aspect)))
+    content = content_box(image) or (width, height, 0.0, 0.0)  # no content: nothing to hold
+    w = min(float(width), max(width * math.sqrt(area * aspect), content[2] - content[0]))
+    h = min(float(height), max(height * math.sqrt(area / aspect), content[3] - content[1]))
+    left = _between(rng, max(0.0, content[2] - w), min(content[0], width - w))
+    top = _between(rng, max(0.0, content[3] - h), min(content[1], height - h))
+    return image.resize((width, height), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
+
+
+def _between(rng: np.random.Generator, low: float, high: float) -> float:
+    """A uniform draw from [low, high]; low when rounding made high fall a hair below it."""
+    return low + float(rng.random()) * max(0.0, high - low)
+
+
+def content_box(image: Image.Image) -> tuple[float, float, float, float] | None:
+    """(left, top, right, bottom) in pixels around what stands out from its blurred surroundings (objects on a
+    table; smooth shading does not count), grown by a margin; None when nothing does."""
+    small_h = max(1, round(image.height * _CONTENT_WIDTH / image.width))
+    small = image.resize((_CONTENT_WIDTH, small_h), Image.Resampling.BOX)
+    surroundings = small.filter(ImageFilter.GaussianBlur(_CONTENT_WIDTH / 8))
+    distance = np.abs(np.asarray(small, np.int16) - np.asarray(surroundings, np.int16)).sum(axis=2)
+    ys, xs = np.nonzero(distance > _CONTENT_THRESHOLD)
+    if len(xs) < 4:
+        return None
+    (x0, x1), (y0, y1) = np.percentile(xs, [1, 99]), np.percentile(ys, [1, 99])
+    sx, sy = image.width / _CONTENT_WIDTH, image.height / small_h
+    mx, my = _CONTENT_MARGIN * (x1 + 1 - x0), _CONTENT_MARGIN * (y1 + 1 - y0)
+    return (max(0.0, (x0 - mx) * sx), max(0.0, (y0 - my) * sy), min(float(image.width), (x1 + 1 + mx) * sx),
+            min(float(image.height), (y1 + 1 + my) * sy))
 
 
 def _rotate(image: Image.Image, degrees: float) -> Image.Image:
@@ -116,3 +163,9 @@ def _colour_jitter(image: Image.Image, rng: np.random.Generator, strength: float
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         image = enhancer(image).enhance(float(rng.uniform(1.0 - strength, 1.0 + strength)))
     return image
+
+
+def _white_balance(image: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
+    """Red and blue scaled by gains from [1 - s, 1 + s] (green kept), as another camera's white balance."""
+    red, blue = (float(g) for g in rng.uniform(1.0 - strength, 1.0 + strength, size=2))
+    return image.convert("RGB", (red, 0, 0, 0, 0, 1, 0, 0, 0, 0, blue, 0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from blip_lora_core.train.augment import AugmentConfig
 from blip_lora_core.train.config import FINETUNE_MODES, PRECISIONS, load_config
 
 # flag -> (TrainConfig field, type, help)
@@ -55,6 +56,9 @@ def register(subparsers) -> None:
                         help="score each image against every phrasing of its scene (file-name prefix)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar")
+    parser.add_argument("--no-augment", dest="augment", action="store_const", const=AugmentConfig.off(),
+                        default=None, help="train on the images as they are (default: the config's augment "
+                                           "section, else AugmentConfig's camera-robust defaults)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.set_defaults(func=run)
 
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from blip_lora_core.train.loop import train  # the [train] extra
 
     names = [dest for _, dest, _, _ in _OPTIONS] + ["lora.targets", "lora.rslora", "skip_bad", "group_references",
-                                                    "progress"]
+                                                    "progress", "augment"]
     config = load_config(args.config, {name: getattr(args, name) for name in names})
     result = train(config, resume=args.resume)
     if result.adapter:

@@ -28,9 +28,20 @@ $(VENV)/.transformers-lines: $(VENV)/.installed Makefile
 	done
 	touch $@
 
+# Label Studio, the labelling server tests/test_label_studio.py starts, in a venv of its own inside .venv: it
+# pins its own Django stack, which must not touch the project's packages. The project itself talks to it over
+# HTTP with the standard library only.
+LABEL_STUDIO_SPEC ?= label-studio==1.23.2
+LABEL_STUDIO_VENV := $(VENV)/label-studio
+
+$(LABEL_STUDIO_VENV)/.installed: Makefile | $(BIN)/activate
+	test -x $(LABEL_STUDIO_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_STUDIO_VENV)
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install -q "$(LABEL_STUDIO_SPEC)"
+	touch $@
+
 # The node tests extract ../shared/ros2-humble once into .ros2/ and colcon-build ros2_ws on it (or use a
 # sourced ROS 2): see bench/ros2_stack.py.
-test: $(VENV)/.installed $(VENV)/.transformers-lines
+test: $(VENV)/.installed $(VENV)/.transformers-lines $(LABEL_STUDIO_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 

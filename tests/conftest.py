@@ -13,8 +13,9 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 # make test runs two pytest workers on two cores: one torch thread each, or OpenMP threads stall each other
 torch.set_num_threads(1)
 
-# the real-ROS fixtures (ros_env, adapters, reference) live in tests/ros_env.py
-pytest_plugins = ["ros_env"]
+# the real-ROS fixtures (ros_env, adapters, reference) live in tests/ros_env.py, the Label Studio server in
+# tests/label_studio_server.py
+pytest_plugins = ["ros_env", "label_studio_server"]
 
 SEED_BLOCKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_blocks"
 CAPTIONS = [

@@ -21,12 +21,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from blip_lora_core.lora.adapter_io import load_adapter
 from blip_lora_core.models.images import load_image
 from blip_lora_core.models.loading import load_blip
-from blip_lora_core.train.augment import AugmentConfig, content_box
+from blip_lora_core.train.augment import AugmentConfig, salience
 from blip_lora_core.train.config import TrainConfig
 from blip_lora_core.train.data import Sample, read_jsonl, sample_to_row, write_jsonl
 from blip_lora_core.train.loop import predict, train
@@ -41,9 +42,16 @@ WARM, COOL = (1.15, 0.85), (0.85, 1.15)  # (red, blue) gains, green kept
 
 
 def _centre(image: Image.Image) -> tuple[float, float]:
-    """Where another camera would be pointed: the centre of the objects (of the image when there are none)."""
-    box = content_box(image)
-    return ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2) if box else (image.width / 2, image.height / 2)
+    """Where another camera would be pointed: the most salient spot, a subject rather than clutter at the
+    border (salience weighted by a centred Gaussian, the centroid of the pixels above half its peak)."""
+    weight = salience(image).astype(np.float64)
+    h, w = weight.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    weight *= np.exp(-(((xs + 0.5) / w - 0.5) ** 2 + ((ys + 0.5) / h - 0.5) ** 2) / (2 * 0.3 ** 2))
+    if weight.max() <= 0:
+        return image.width / 2, image.height / 2
+    top = weight >= weight.max() / 2
+    return ((xs[top] + 0.5).mean() * image.width / w, (ys[top] + 0.5).mean() * image.height / h)
 
 
 def _crop_around(image: Image.Image, width: float, height: float) -> Image.Image:

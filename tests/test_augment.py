@@ -84,7 +84,8 @@ def test_non_rgb_input_is_converted():
         ("colour_jitter", 2.0),
         ("crop_aspect", 0.5),
         ("crop_aspect", 11),
-        ("white_balance", 1.0),
+        ("white_balance", 1.5),
+        ("crop_probability", 1.1),
         ("rotation_degrees", 181),
         ("blur_sigma", float("nan")),
         ("blur_sigma", "1"),
@@ -130,7 +131,7 @@ def test_content_box_finds_the_object_not_the_shading():
 
 def test_zoomed_crops_keep_the_object_in_every_draw():
     image = _table_scene(64, 64, (50, 4, 60, 14))  # a small cube near a corner
-    crop = build_augment(replace(ONLY, random_resized_crop=0.1, crop_aspect=3.0))
+    crop = build_augment(replace(ONLY, random_resized_crop=0.1, crop_aspect=3.0, crop_probability=1.0))
     outs = [crop(image, np.random.default_rng(seed)) for seed in range(60)]
     assert all(_blue_pixels(out) > 0 for out in outs)
     zoomed = [_blue_pixels(out) / _blue_pixels(image) for out in outs]
@@ -139,12 +140,21 @@ def test_zoomed_crops_keep_the_object_in_every_draw():
 
 
 def test_an_image_that_is_content_everywhere_is_not_cropped(image):
-    np.testing.assert_array_equal(_run(replace(ONLY, random_resized_crop=0.2), image, 3), np.asarray(image))
+    np.testing.assert_array_equal(_run(replace(ONLY, random_resized_crop=0.2, crop_probability=1.0), image, 3),
+                                  np.asarray(image))
+
+
+def test_about_crop_probability_of_the_images_are_cropped():
+    image = _table_scene(64, 64, (30, 30, 40, 40))
+    crop = build_augment(replace(ONLY, random_resized_crop=0.3, crop_probability=0.5))
+    kept = sum(np.array_equal(np.asarray(crop(image, np.random.default_rng(seed))), np.asarray(image))
+               for seed in range(60))
+    assert 15 <= kept <= 45
 
 
 def test_crops_of_a_wide_frame_change_its_framing_and_aspect():
     image = _table_scene(480, 270, (200, 100, 260, 160))
-    crop = build_augment(replace(ONLY, random_resized_crop=0.8, crop_aspect=3.5))
+    crop = build_augment(replace(ONLY, random_resized_crop=0.8, crop_aspect=3.5, crop_probability=1.0))
     boxes = []
     for seed in range(30):
         out = np.asarray(crop(image, np.random.default_rng(seed)))
@@ -154,15 +164,16 @@ def test_crops_of_a_wide_frame_change_its_framing_and_aspect():
     assert min(boxes) < 0.8 and max(boxes) > 1.25  # squeezed (portrait crops) and stretched (wide crops)
 
 
-def test_white_balance_scales_red_and_blue_and_keeps_green():
+def test_white_balance_warms_or_cools_and_keeps_green():
     grey = Image.new("RGB", (8, 8), (100, 100, 100))
     balance = build_augment(replace(ONLY, white_balance=0.2))
     gains = set()
     for seed in range(20):
-        red, green, blue = np.asarray(balance(grey, np.random.default_rng(seed)))[0, 0]
-        assert green == 100 and 80 <= red <= 120 and 80 <= blue <= 120
+        red, green, blue = (int(v) for v in np.asarray(balance(grey, np.random.default_rng(seed)))[0, 0])
+        assert green == 100 and 83 <= red <= 120 and 83 <= blue <= 120
+        assert abs(red * blue - 100 * 100) <= 130  # red times t, blue divided by t
         gains.add((red, blue))
-    assert len(gains) > 10
+    assert len(gains) > 10 and min(r for r, _ in gains) < 95 < 105 < max(r for r, _ in gains)
 
 
 def test_the_no_augment_flag_turns_everything_off():

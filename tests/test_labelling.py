@@ -200,16 +200,18 @@ def test_least_confident_first_collapses_near_duplicates_into_the_less_confident
     assert least_confident_first(confidence, thumbs, threshold=0).order == [4, 1, 2, 5, 3, 0]
 
 
-def test_the_order_takes_turns_across_predicted_captions_and_skips_what_is_labelled():
-    thumbs = np.arange(6, dtype=np.float32)[:, None] * np.full((1, 768), 10, np.float32)  # all far apart
-    confidence = [0.1, 0.2, 0.3, 0.9, 0.95, 0.4]
-    captions = ["One red cube", "one red  cube", "One red cube", "A blue cube on top", "No cube", "One red cube"]
+def test_the_order_shares_labels_out_across_predicted_captions_and_skips_what_is_labelled():
+    thumbs = np.arange(9, dtype=np.float32)[:, None] * np.full((1, 768), 10, np.float32)  # all far apart
+    confidence = [0.1, 0.2, 0.3, 0.9, 0.95, 0.4, 0.5, 0.6, 0.7]
+    captions = ["One red cube", "one red  cube", "One red cube", "A blue cube on top", "No cube", "One red cube",
+                "One red cube", "One red cube", "A blue cube on top"]
     order = least_confident_first(confidence, thumbs, captions=captions)
-    # round 1: each caption's least confident (0.1 red, 0.9 stack, 0.95 none); round 2: 0.2 red; ...
-    assert order.order == [0, 3, 4, 1, 2, 5] and order.duplicate_of == {}
+    # each frame's place among its caption's frames: red (6 frames) 0, 1/6, 2/6 ... ; stack 0 (frame 8), 1/2;
+    # none 0; ties by confidence
+    assert order.order == [0, 8, 4, 1, 2, 5, 3, 6, 7] and order.duplicate_of == {}
     labelled = thumbs[[3]] + 1.0  # frame 3 is (almost) a frame already labelled
     order = least_confident_first(confidence, thumbs, captions=captions, labelled=labelled)
-    assert order.order == [0, 4, 1, 2, 5] and order.duplicate_of == {3: None}
+    assert order.order == [0, 8, 4, 1, 2, 5, 6, 7] and order.duplicate_of == {3: None}
 
 
 def test_the_default_threshold_never_merges_two_seed_blocks_scenes(seed_blocks):
@@ -239,8 +241,8 @@ def test_label_order_captions_with_the_nodes_confidence_and_sorts(tiny_model_dir
     todo = [tmp_path / "images" / f"{n}.jpg" for i, n in enumerate(names) if i != 2]
     results = captioner.caption_file_results(todo)
     by_confidence = sorted(range(len(todo)), key=lambda i: (results[i].confidence, i))
-    turn = {i: [j for j in by_confidence if results[j].text == results[i].text].index(i) for i in by_confidence}
-    expected = sorted(by_confidence, key=lambda i: (turn[i], results[i].confidence, i))[:4]
+    same = {i: [j for j in by_confidence if results[j].text == results[i].text] for i in by_confidence}
+    expected = sorted(by_confidence, key=lambda i: (same[i].index(i) / len(same[i]), results[i].confidence, i))[:4]
     assert [r["image"] for r in written] == [f"../images/{todo[i].name}" for i in expected]
     for row, i in zip(written, expected, strict=True):
         assert row["text"] == results[i].text and row["reviewed"] is False and row["stamp"] == 1.0

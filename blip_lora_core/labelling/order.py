@@ -4,12 +4,12 @@ The confidence is the one the node publishes (models/confidence.py): the geometr
 model gave its own caption. A labeller's time goes furthest on the frames the model is least sure of; two
 frames that look almost the same teach the same thing, so only the less confident of them is kept.
 
-The order takes turns across the captions the model predicts: the least confident frame it captions "One
-green cube", then the least confident "A blue cube on top of a green cube", and so on, then each caption's
-second least confident frame. A model is not equally sure of every kind of scene (seed_blocks' synthetic
-base hesitates over empty tables and is confidently wrong on stacks), so a plain ascending sort would spend
-the first labels on one kind of scene; taking turns puts every predicted caption, and the frames where each
-is shakiest, among the first labels.
+The order shares the labels out across the captions the model predicts, in proportion to how many frames
+get each caption, least confident first within each: first the least confident frame of every caption, then
+a caption given to 200 frames gets about ten labels for each one of a caption given to 20. A model is not
+equally sure of every kind of scene (seed_blocks' synthetic base hesitates over empty tables, which have five
+phrasings, and is confidently wrong on stacks), so a plain ascending sort would spend the first labels on one
+kind of scene, and an adapter trained on them forgets the others.
 
 Near-duplicates: the mean absolute difference (0-255) of two frames' 16x16 RGB thumbnails (area-averaged,
 colour kept: on seed_blocks a blue and a green cube differ mostly in hue) is below ``threshold``. On
@@ -18,6 +18,7 @@ seed_blocks the default 3.0 collapses 1,120 frames into 545 and never merges fra
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,9 +61,10 @@ def thumbnails(paths: Sequence[str | Path]) -> np.ndarray:
 def least_confident_first(confidence: Sequence[float], thumbs: np.ndarray,
                           threshold: float = DEFAULT_DUPLICATE_THRESHOLD, captions: Sequence[str] | None = None,
                           labelled: np.ndarray | None = None) -> LabelOrder:
-    """Frames by ascending confidence (ties: file order), taking turns across ``captions`` (each frame's
-    predicted caption; None: one plain ascending sort); a frame within ``threshold`` of a frame already kept,
-    or of a ``labelled`` frame's thumbnail, is collapsed into the nearest one (threshold 0: nothing collapsed).
+    """Frames by ascending confidence (ties: file order), shared out across ``captions`` (each frame's
+    predicted caption, see the module docstring; None: one plain ascending sort); a frame within ``threshold``
+    of a frame already kept, or of a ``labelled`` frame's thumbnail, is collapsed into the nearest one
+    (threshold 0: nothing collapsed).
     confidence (N,), thumbs (N, D), labelled (L, D)."""
     scores = np.asarray(confidence, dtype=np.float64)
     if scores.shape != (len(thumbs),) or (captions is not None and len(captions) != len(thumbs)):
@@ -70,7 +72,7 @@ def least_confident_first(confidence: Sequence[float], thumbs: np.ndarray,
                          f"thumbnails")
     ranked = [int(i) for i in np.lexsort((np.arange(len(scores)), scores))]
     if captions is not None:
-        ranked = _taking_turns(ranked, [" ".join(c.lower().split()) for c in captions])
+        ranked = _shared_out(ranked, [" ".join(c.lower().split()) for c in captions])
     known = np.zeros((0, thumbs.shape[1]), np.float32) if labelled is None else np.asarray(labelled, np.float32)
     bank = np.concatenate([known, np.zeros_like(thumbs, dtype=np.float32)])  # thumbnails to compare with
     owners: list[int | None] = [None] * len(known)
@@ -87,15 +89,18 @@ def least_confident_first(confidence: Sequence[float], thumbs: np.ndarray,
     return LabelOrder(owners[len(known):], duplicate_of)
 
 
-def _taking_turns(ranked: list[int], captions: list[str]) -> list[int]:
-    """Round k holds each caption's k-th frame of ``ranked``; within a round, the order of ``ranked``."""
-    turn: dict[str, int] = {}
-    rounds = []
-    for index in ranked:
-        k = turn.get(captions[index], 0)
-        turn[captions[index]] = k + 1
-        rounds.append((k, len(rounds), index))
-    return [index for _, _, index in sorted(rounds)]
+def _shared_out(ranked: list[int], captions: list[str]) -> list[int]:
+    """``ranked`` re-sorted by each frame's place among the frames of its caption, as a fraction (the k-th least
+    confident of n frames: k / n): every caption's least confident frame first, then each caption in
+    proportion to its frames."""
+    sizes = Counter(captions[i] for i in ranked)
+    seen: Counter = Counter()
+    keyed = []
+    for position, index in enumerate(ranked):
+        caption = captions[index]
+        keyed.append((seen[caption] / sizes[caption], position, index))
+        seen[caption] += 1
+    return [index for _, _, index in sorted(keyed)]
 
 
 @dataclass
@@ -108,7 +113,7 @@ class OrderReport:
 
 def order_rows(samples: Sequence[Sample], captioner: Captioner, meta: dict, *, relative_to: Path,
                threshold: float = DEFAULT_DUPLICATE_THRESHOLD, limit: int = 0) -> tuple[list[dict], OrderReport]:
-    """Rows to label, least confident first taking turns across predicted captions: each unreviewed sample
+    """Rows to label, least confident first, shared out across predicted captions: each unreviewed sample
     captioned by ``captioner`` ("text" = its caption, "precaption" = ``meta`` plus the confidence, "reviewed":
     false); near-duplicates of each other and of reviewed frames collapsed; at most ``limit`` rows (0: all).
     Image paths relative to the folder ``relative_to``."""

@@ -99,11 +99,10 @@ class LabelStudio:
 
     # ------------------------------------------------------------------ endpoints
 
-    def check(self) -> str:
-        """The server's version; raises when it is not Label Studio or the token is refused."""
-        version = self.request("GET", "/api/version")
+    def check(self) -> None:
+        """LabelStudioError when the server is not Label Studio or refuses the token."""
+        self.request("GET", "/api/version")
         self.request("GET", "/api/current-user/whoami")
-        return str(version.get("release", "?")) if isinstance(version, dict) else "?"
 
     def find_project(self, title: str) -> dict | None:
         """The project titled exactly ``title`` (None when there is none; an error when several are)."""

@@ -33,7 +33,6 @@ LABEL_CONFIG = """<View>
   <TextArea name="caption" toName="image" editable="true" maxSubmissions="1" rows="2"
             placeholder="A blue cube on top of a green cube"/>
 </View>"""
-STATUSES = ("labelled", "skipped", "unlabelled", "empty", "foreign")
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ class PullReport:
     """How many tasks gave a row and why the others did not."""
 
     tasks: int = 0
-    counts: Counter = field(default_factory=Counter)  # STATUSES -> tasks
+    counts: Counter = field(default_factory=Counter)  # labelled / skipped / unlabelled / empty / foreign
     disagreements: int = 0
     origin: Counter = field(default_factory=Counter)  # labelled tasks: accepted / corrected / written
 

@@ -33,9 +33,10 @@ class AugmentConfig:
         never cuts away what the caption talks about.
     crop_aspect: crop aspect ratios drawn log-uniformly from [1/a, a] times the image's own (1 to 10; a 9:16
         portrait crop of a 16:9 frame is 1/3.2).
+    crop_probability: the share of images cropped (the rest keep the camera's own framing).
     colour_jitter: brightness/contrast/saturation factors drawn from [1 - s, 1 + s] (max 1).
-    white_balance: red and blue gains drawn from [1 - s, 1 + s], green kept (max 0.9): another camera's
-        white balance.
+    white_balance: a colour-temperature shift, as another camera's white balance: red gain t and blue gain
+        1/t (green kept), t drawn log-uniformly from [1/(1 + s), 1 + s] (max 1).
     rotation_degrees: rotation drawn from [-d, d] degrees (max 180).
     blur_sigma: Gaussian blur with sigma drawn from [0, blur_sigma].
     hflip: mirror left-right with probability 0.5 (off by default: captions may say left/right).
@@ -43,8 +44,9 @@ class AugmentConfig:
 
     random_resized_crop: float = 0.25
     crop_aspect: float = 3.5
-    colour_jitter: float = 0.2
-    white_balance: float = 0.2
+    crop_probability: float = 0.25
+    colour_jitter: float = 0.1
+    white_balance: float = 0.25
     rotation_degrees: float = 5.0
     blur_sigma: float = 0.5
     hflip: bool = False
@@ -54,8 +56,9 @@ class AugmentConfig:
         _check_range("crop_aspect", self.crop_aspect, 10.0)
         if self.crop_aspect < 1.0:
             raise ConfigError(f"augment.crop_aspect must be between 1 and 10, got {self.crop_aspect!r}")
+        _check_range("crop_probability", self.crop_probability, 1.0)
         _check_range("colour_jitter", self.colour_jitter, 1.0)
-        _check_range("white_balance", self.white_balance, 0.9)
+        _check_range("white_balance", self.white_balance, 1.0)
         _check_range("rotation_degrees", self.rotation_degrees, 180.0)
         _check_range("blur_sigma", self.blur_sigma, 100.0)
         if not isinstance(self.hflip, bool):
@@ -90,7 +93,7 @@ def build_augment(cfg: AugmentConfig) -> Augment | None:
 
     def augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
         image = image if image.mode == "RGB" else image.convert("RGB")
-        if cfg.random_resized_crop:
+        if cfg.random_resized_crop and rng.random() < cfg.crop_probability:
             image = _random_resized_crop(image, rng, cfg.random_resized_crop, cfg.crop_aspect)
         if cfg.hflip and rng.random() < 0.5:
             image = ImageOps.mirror(image)
@@ -135,18 +138,24 @@ def _between(rng: np.random.Generator, low: float, high: float) -> float:
     return low + float(rng.random()) * max(0.0, high - low)
 
 
-def content_box(image: Image.Image) -> tuple[float, float, float, float] | None:
-    """(left, top, right, bottom) in pixels around what stands out from its blurred surroundings (objects on a
-    table; smooth shading does not count), grown by a margin; None when nothing does."""
+def salience(image: Image.Image) -> np.ndarray:
+    """(h, 64) map, one value per pixel of a 64-pixel-wide copy of the image: how far (sum over R, G, B, 0-765)
+    the pixel lies from its blurred surroundings. Objects stand out; smooth shading and a plain table do not."""
     small_h = max(1, round(image.height * _CONTENT_WIDTH / image.width))
-    small = image.resize((_CONTENT_WIDTH, small_h), Image.Resampling.BOX)
+    small = image.convert("RGB").resize((_CONTENT_WIDTH, small_h), Image.Resampling.BOX)
     surroundings = small.filter(ImageFilter.GaussianBlur(_CONTENT_WIDTH / 8))
-    distance = np.abs(np.asarray(small, np.int16) - np.asarray(surroundings, np.int16)).sum(axis=2)
+    return np.abs(np.asarray(small, np.int16) - np.asarray(surroundings, np.int16)).sum(axis=2)
+
+
+def content_box(image: Image.Image) -> tuple[float, float, float, float] | None:
+    """(left, top, right, bottom) in pixels around everything that stands out (``salience`` above a threshold),
+    grown by a margin; None when nothing does."""
+    distance = salience(image)
     ys, xs = np.nonzero(distance > _CONTENT_THRESHOLD)
     if len(xs) < 4:
         return None
     (x0, x1), (y0, y1) = np.percentile(xs, [1, 99]), np.percentile(ys, [1, 99])
-    sx, sy = image.width / _CONTENT_WIDTH, image.height / small_h
+    sx, sy = image.width / distance.shape[1], image.height / distance.shape[0]
     mx, my = _CONTENT_MARGIN * (x1 + 1 - x0), _CONTENT_MARGIN * (y1 + 1 - y0)
     return (max(0.0, (x0 - mx) * sx), max(0.0, (y0 - my) * sy), min(float(image.width), (x1 + 1 + mx) * sx),
             min(float(image.height), (y1 + 1 + my) * sy))
@@ -166,6 +175,6 @@ def _colour_jitter(image: Image.Image, rng: np.random.Generator, strength: float
 
 
 def _white_balance(image: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
-    """Red and blue scaled by gains from [1 - s, 1 + s] (green kept), as another camera's white balance."""
-    red, blue = (float(g) for g in rng.uniform(1.0 - strength, 1.0 + strength, size=2))
-    return image.convert("RGB", (red, 0, 0, 0, 0, 1, 0, 0, 0, 0, blue, 0))
+    """Warmer or cooler: red times t, blue divided by t, t from [1/(1 + s), 1 + s] log-uniformly (green kept)."""
+    t = math.exp(rng.uniform(-math.log1p(strength), math.log1p(strength)))
+    return image.convert("RGB", (t, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1 / t, 0))

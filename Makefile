@@ -37,7 +37,18 @@ ros-system-libs:
 	  apt-get install -y -qq --no-install-recommends $(ROS_APT_LIBS) >/dev/null; } || \
 	  echo "cv_bridge needs: apt-get install $(ROS_APT_LIBS)"
 
-test: $(VENV)/.installed $(VENV)/.transformers-lines ros-system-libs
+# Label Studio, the labelling server tests/test_label_studio.py starts, in a venv of its own inside .venv: it
+# pins its own Django stack, which must not touch the project's packages. The project itself talks to it over
+# HTTP with the standard library only.
+LABEL_STUDIO_SPEC ?= label-studio==1.23.2
+LABEL_STUDIO_VENV := $(VENV)/label-studio
+
+$(LABEL_STUDIO_VENV)/.installed: Makefile | $(BIN)/activate
+	test -x $(LABEL_STUDIO_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_STUDIO_VENV)
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install -q "$(LABEL_STUDIO_SPEC)"
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.transformers-lines $(LABEL_STUDIO_VENV)/.installed ros-system-libs
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 

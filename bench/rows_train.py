@@ -45,6 +45,7 @@ class Setup:
 
 def ours_images_per_s(model_dir: Path, data: Path, setup: Setup, seed: int) -> float:
     """Our train() on the dataset; steady-state images/s from its per-step log."""
+    from blip_lora_core.train.augment import AugmentConfig
     from blip_lora_core.train.config import load_config
     from blip_lora_core.train.loop import train
 
@@ -52,7 +53,8 @@ def ours_images_per_s(model_dir: Path, data: Path, setup: Setup, seed: int) -> f
     config = load_config(None, dict(model=str(model_dir), train_file=str(data), output_dir=str(out),
                                     max_steps=setup.steps, num_workers=setup.ours_workers, progress=False, seed=seed,
                                     precision=setup.precision, batch_size=setup.batch_size,
-                                    grad_accum=setup.grad_accum, lora=LORA, **HYPER))
+                                    grad_accum=setup.grad_accum, lora=LORA, **HYPER,
+                                    augment=AugmentConfig.off()))  # the plain loop does not augment either
     logging.getLogger("blip_lora_core").setLevel(logging.WARNING)
     history = train(config).history
     first, last = history[setup.warm - 1], history[-1]

@@ -4,6 +4,7 @@
     python -m bench.run_all --quick    # small models and few repeats (about 2 minutes)
     python -m bench.run_all --only lora_step_tiny --only caption_throughput
     python -m bench.run_all --list     # the row ids
+    python -m bench.run_all --only label_order --only camera_robust   # the training experiments, on demand only
 """
 
 from __future__ import annotations
@@ -18,14 +19,27 @@ from pathlib import Path
 from .common import Row, file_name, format_table, machine_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# rows that train adapters for many minutes (seed_blocks experiments): run only when named with --only
+ON_DEMAND = ("label_order", "camera_robust")
 
 
 def all_rows() -> dict[str, Callable[[bool], list[Row]]]:
     """Row id -> function(quick) returning its rows, in table order."""
-    from . import rows_caption, rows_data, rows_infer, rows_lora, rows_memory, rows_onnx, rows_train
+    from . import (
+        camera_robust,
+        label_order,
+        rows_caption,
+        rows_data,
+        rows_infer,
+        rows_lora,
+        rows_memory,
+        rows_onnx,
+        rows_train,
+    )
 
     rows: dict[str, Callable[[bool], list[Row]]] = {}
-    for module in (rows_lora, rows_train, rows_infer, rows_caption, rows_onnx, rows_data, rows_memory):
+    for module in (rows_lora, rows_train, rows_infer, rows_caption, rows_onnx, rows_data, rows_memory, label_order,
+                   camera_robust):
         rows.update(module.ROWS)
     return rows
 
@@ -38,7 +52,7 @@ def run(names: list[str], quick: bool, log=sys.stderr) -> tuple[list[Row], list[
         raise SystemExit(f"unknown row(s) {unknown}; known: {', '.join(table)}")
     rows: list[Row] = []
     failures: list[str] = []
-    for name in names or list(table):
+    for name in names or [n for n in table if n not in ON_DEMAND]:
         began = time.perf_counter()
         print(f"[bench] {name} ...", file=log, flush=True)
         try:

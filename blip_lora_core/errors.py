@@ -27,3 +27,7 @@ class BagError(BlipLoraError):
 
 class TrainingError(BlipLoraError):
     """Training cannot go on (for example a NaN loss)."""
+
+
+class LabelStudioError(BlipLoraError):
+    """A Label Studio server cannot be reached, refuses a request, or holds a project blip-lora cannot use."""

@@ -14,8 +14,9 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 torch.set_num_threads(1)
 
 # the real-ROS fixtures (ros_env, adapters, reference) live in tests/ros_env.py, the ONNX exports in
-# tests/onnx_fixtures.py; tests/skip_policy.py lists every skip and fails a CI run on one not on its reviewed list
-pytest_plugins = ["ros_env", "onnx_fixtures", "skip_policy"]
+# tests/onnx_fixtures.py, the Label Studio server in tests/label_studio_server.py; tests/skip_policy.py lists
+# every skip and fails a CI run on one not on its reviewed list
+pytest_plugins = ["ros_env", "onnx_fixtures", "label_studio_server", "skip_policy"]
 
 SEED_BLOCKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_blocks"
 CAPTIONS = [
@@ -55,13 +56,17 @@ def to_tensor():
 @pytest.fixture(scope="session")
 def train_config(tiny_model_dir):
     """train_config(data, out, **overrides) -> a TrainConfig for a few seconds of training of the tiny model
-    on CPU: fp32, batch 2, LoRA r 4 alpha 8 without dropout, no workers, no progress bar."""
+    on CPU: fp32, batch 2, LoRA r 4 alpha 8 without dropout, no augmentation, no workers, no progress bar."""
+    import dataclasses
+
+    from blip_lora_core.train.augment import AugmentConfig
     from blip_lora_core.train.config import load_config
 
     def make(data, out, **overrides):
         values = dict(model=str(tiny_model_dir), train_file=str(data), output_dir=str(out), batch_size=2,
                       grad_accum=1, epochs=1, lr=1e-2, warmup_steps=1, precision="fp32", num_workers=0,
-                      progress=False, lora=dict(r=4, alpha=8, dropout=0.0), seed=3, max_new_tokens=5)
+                      progress=False, lora=dict(r=4, alpha=8, dropout=0.0), seed=3, max_new_tokens=5,
+                      augment=dataclasses.asdict(AugmentConfig.off()))
         return load_config(None, {**values, **overrides})
 
     return make

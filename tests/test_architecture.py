@@ -23,6 +23,7 @@ ALLOWED = {
     "runtime": {"root", "lora", "models", "ort"},
     "train": {"root", "lora", "models"},
     "bags": {"root", "lora", "models", "runtime"},
+    "labelling": {"root", "lora", "models", "train"},
     "__init__": {"root", "lora"},
 }
 FOREIGN = ("blip_lora_training", "bench", "tests", "blip_captioner")

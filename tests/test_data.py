@@ -97,6 +97,18 @@ def test_each_bad_line_raises_naming_file_and_line(tmp_path, good_line, kind):
     assert "1 bad line" in str(info.value)
 
 
+def test_frames_still_to_label_may_have_no_caption_only_when_asked(tmp_path, good_line):
+    image = json.loads(good_line)["image"]
+    lines = [good_line, _row(image=image, text=""), _row(image=image), _row(image=image, text=" ")]
+    path = _write(tmp_path / "frames.jsonl", lines)
+    with pytest.raises(DataError, match="3 bad line"):
+        read_jsonl(path, check_images=False)
+    samples, bad = read_jsonl(path, check_images=False, require_text=False)
+    assert [s.text for s in samples] == ["One red cube", "", "", ""] and bad == []
+    with pytest.raises(DataError, match='"text" must be a string'):
+        read_jsonl(_write(tmp_path / "bad.jsonl", [_row(image=image, text=3)]), require_text=False)
+
+
 @pytest.mark.parametrize("kind", ["zero-size", "corrupt", "truncated"])
 def test_bad_image_content_raises_only_when_checked(tmp_path, good_line, kind):
     rng = np.random.default_rng(0)

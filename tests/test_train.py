@@ -77,7 +77,7 @@ def test_lora_and_augment_settings_are_their_own_configs_and_round_trip(tmp_path
     config = load_config(REPO / "config" / "train.yaml", overrides)
     assert isinstance(config.lora, LoraConfig) and isinstance(config.augment, AugmentConfig)
     assert (config.lora.r, config.lora.alpha, config.lora.targets) == (4, 32.0, (r".*\.fc1",))
-    assert config.augment.hflip and config.augment.colour_jitter == 0.2  # the file's other augment values stay
+    assert config.augment.hflip and config.augment.white_balance == 0.25  # the file's other augment values stay
     saved = tmp_path / "config.yaml"
     saved.write_text(config.to_yaml())
     assert load_config(saved) == config

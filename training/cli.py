@@ -18,7 +18,7 @@ from blip_lora_core.errors import BlipLoraError
 # `func=run`, where `run(args) -> int`. Registering needs only the base install; a command's run()
 # imports what its extra brings. A command line that names its command imports that command's module
 # only, so `blip-lora caption --model EXPORT` runs where torch is not installed.
-COMMAND_MODULES = ("train", "caption", "eval", "export", "synth", "bag")
+COMMAND_MODULES = ("train", "caption", "eval", "export", "synth", "bag", "label")
 DEV_EXTRAS = ("test",)  # extras for developing blip-lora, not for running a command
 _EXTRA_REQUIREMENT = re.compile(r"""([A-Za-z0-9][A-Za-z0-9._-]*).*;\s*extra\s*==\s*["']([^"']+)["']""")
 

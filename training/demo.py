@@ -29,6 +29,7 @@ from blip_lora_core.atomic import atomic_write_text
 from blip_lora_core.lora.adapter_io import load_adapter
 from blip_lora_core.lora.hooks import LoraConfig
 from blip_lora_core.models.loading import TinySize, build_tiny_blip, load_blip
+from blip_lora_core.train.augment import AugmentConfig
 from blip_lora_core.train.config import TrainConfig
 from blip_lora_core.train.data import Sample, read_jsonl
 from blip_lora_core.train.gallery import GalleryRow, write_gallery
@@ -137,6 +138,11 @@ def _config(settings: DemoSettings, **values) -> TrainConfig:
     return TrainConfig(**{**common, **values})
 
 
+def _augment(values: tuple[tuple[str, float], ...]) -> AugmentConfig:
+    """Only the named augmentations: the demo was tuned, and its base cached, without training's defaults."""
+    return replace(AugmentConfig.off(), **dict(values))
+
+
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """torch.set_num_threads(count) for the duration (count 0: unchanged)."""
@@ -177,7 +183,7 @@ def _pretrain(out: Path, settings: DemoSettings) -> Path:
     init = build_tiny_blip(base / "init", _captions(settings), size=settings.tiny, seed=settings.seed)
     config = _config(settings, model=str(init), train_file=str(train_file), output_dir=str(base / "run"),
                      finetune="full", epochs=settings.base_epochs, batch_size=settings.base_batch,
-                     lr=settings.base_lr, warmup_steps=settings.base_warmup, augment=dict(settings.base_augment))
+                     lr=settings.base_lr, warmup_steps=settings.base_warmup, augment=_augment(settings.base_augment))
     result = train(config)
     shutil.move(str(result.model_dir), base / "model")
     metrics, _ = measure(base / "model", None, read_jsonl(val_file)[0], settings)
@@ -215,7 +221,7 @@ def lora_finetune(out: str | Path, model: Path, train_file: Path, settings: Demo
     config = _config(settings, model=str(model), train_file=str(train_file), output_dir=str(run), finetune="lora",
                      lora=LoraConfig(r=settings.lora_r, alpha=settings.lora_alpha, dropout=0.0), lr=settings.lora_lr,
                      epochs=settings.lora_epochs, batch_size=settings.lora_batch, warmup_steps=settings.lora_warmup,
-                     augment=dict(settings.lora_augment))
+                     augment=_augment(settings.lora_augment))
     return train(config).adapter
 
 

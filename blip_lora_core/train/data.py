@@ -65,18 +65,20 @@ class BadLine:
 
 
 def read_jsonl(
-    path: str | Path, *, skip_bad: bool = False, check_images: bool = True, workers: int | None = None
+    path: str | Path, *, skip_bad: bool = False, check_images: bool = True, workers: int | None = None,
+    require_text: bool = True,
 ) -> tuple[list[Sample], list[BadLine]]:
     """Read and validate a caption JSONL file.
 
     Every line is checked (UTF-8, JSON object, non-empty string "image" and "text", optional string
-    "prompt"); each image must exist, and with ``check_images`` it is fully decoded (thread pool of
+    "prompt"; with ``require_text=False`` "text" may be empty or absent: frames still to label); each image
+    must exist, and with ``check_images`` it is fully decoded (thread pool of
     ``workers``). Blank lines are ignored. Raises DataError listing the first bad lines and their
     count, unless ``skip_bad``, in which case they are returned as BadLine records. A file with no
     good sample is always an error.
     """
     source = Path(path).absolute()
-    samples, bad = _parse_lines(source, _read_bytes(source))
+    samples, bad = _parse_lines(source, _read_bytes(source), require_text)
     samples, bad_images = _check_images(samples, decode=check_images, workers=workers)
     bad = sorted(bad + bad_images, key=lambda b: b.line)
     if bad and not skip_bad:
@@ -192,7 +194,7 @@ def _read_bytes(source: Path) -> bytes:
         raise DataError(f"{source}: cannot read dataset file: {exc.strerror or exc}") from exc
 
 
-def _parse_lines(source: Path, data: bytes) -> tuple[list[Sample], list[BadLine]]:
+def _parse_lines(source: Path, data: bytes, require_text: bool) -> tuple[list[Sample], list[BadLine]]:
     """Parse every non-blank line; images are not touched yet."""
     samples: list[Sample] = []
     bad: list[BadLine] = []
@@ -202,13 +204,13 @@ def _parse_lines(source: Path, data: bytes) -> tuple[list[Sample], list[BadLine]
         if not raw.strip():
             continue
         try:
-            samples.append(_parse_line(source, number, raw))
+            samples.append(_parse_line(source, number, raw, require_text))
         except DataError as exc:
             bad.append(BadLine(source, number, str(exc)))
     return samples, bad
 
 
-def _parse_line(source: Path, number: int, raw: bytes) -> Sample:
+def _parse_line(source: Path, number: int, raw: bytes, require_text: bool) -> Sample:
     """One line -> Sample, or DataError with the reason only (no location)."""
     try:
         text = raw.decode("utf-8")
@@ -221,7 +223,7 @@ def _parse_line(source: Path, number: int, raw: bytes) -> Sample:
     if not isinstance(obj, dict):
         raise DataError(f"line is not a JSON object (got {_json_type(obj)})")
     image = _required_string(obj, "image")
-    caption = _required_string(obj, "text")
+    caption = _required_string(obj, "text") if require_text else (_optional_string(obj, "text") or "")
     prompt = _optional_string(obj, "prompt")
     image_path = Path(image)
     if not image_path.is_absolute():

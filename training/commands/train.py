@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
+from blip_lora_core.train.augment import AugmentConfig
 from blip_lora_core.train.config import TrainConfig, load_config
 
 from ._settings_args import add_settings_flags, given
@@ -16,14 +18,24 @@ def register(subparsers) -> None:
                     "then --config (YAML), then the flags below.")
     parser.add_argument("--config", help="YAML file of training settings (see config/train.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="train on the images as they are: every augment.* setting off (default: the config's "
+                             "augment section, else AugmentConfig's camera-robust defaults)")
     parser.set_defaults(func=run, settings=add_settings_flags(parser, TrainConfig))
+
+
+def config_of(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig's defaults, then --config, then the flags given (--no-augment: every augment.* off)."""
+    overrides = given(args, args.settings)
+    if args.no_augment:
+        overrides.update({f"augment.{name}": value for name, value in dataclasses.asdict(AugmentConfig.off()).items()})
+    return load_config(args.config, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
     from blip_lora_core.train.loop import train  # the [train] extra
 
-    config = load_config(args.config, given(args, args.settings))
-    result = train(config, resume=args.resume)
+    result = train(config_of(args), resume=args.resume)
     if result.adapter:
         print(f"adapter: {result.adapter}")
     if result.model_dir:

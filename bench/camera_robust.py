@@ -90,7 +90,7 @@ def transformed_sets(samples: list[Sample], folder: Path) -> dict[str, list[Samp
         for sample in samples:
             path = folder / name / f"{sample.image.stem}.png"
             transform(load_image(sample.image)).save(path)
-            rows.append({**sample_to_row(sample), "image": str(path)})
+            rows.append({**sample_to_row(sample), "image": f"{name}/{path.name}"})  # relative to the JSONL
         write_jsonl(folder / f"{name}.jsonl", rows)
         sets[name] = read_jsonl(folder / f"{name}.jsonl")[0]
     return sets

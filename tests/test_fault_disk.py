@@ -6,6 +6,7 @@ take a few bytes, then fail), fsync fails (delayed allocation), and the rename f
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -15,6 +16,7 @@ from faults import assert_clean_error, failing, full_disk, log_losses, same_adap
 from blip_lora_core import BlipLoraError, LoraConfig, inject_lora, read_adapter, save_adapter
 from blip_lora_core.atomic import write_jsonl
 from blip_lora_core.lora.hooks import lora_layers
+from blip_lora_core.train.augment import AugmentConfig
 from blip_lora_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from blip_lora_core.train.data import read_jsonl
 from blip_lora_core.train.loop import train
@@ -116,7 +118,9 @@ def disk_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(train_config, disk_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("disk_reference")
-    config = train_config(disk_data, out, epochs=2, lora=dict(r=4, alpha=8, dropout=0.1), seed=5, checkpoint_every=2)
+    # the command line's default augmentation: a resumed run must draw the same crops, colours and blurs
+    config = train_config(disk_data, out, epochs=2, lora=dict(r=4, alpha=8, dropout=0.1), seed=5, checkpoint_every=2,
+                          augment=dataclasses.asdict(AugmentConfig()))
     return train(config).output_dir / "last.safetensors"
 
 

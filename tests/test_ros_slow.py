@@ -1,4 +1,4 @@
-"""With a slow model (3 s a caption, 3 s an adapter swap) the executor stays live: parameters answer, the
+"""With a slow model (4 s a caption, 4 s an adapter swap) the executor stays live: parameters answer, the
 diagnostics keep their period, Ctrl-C in the middle of a caption ends quietly."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sensor_msgs.msg import Image
 from blip_captioner_msgs.msg import Caption
 from rclpy.qos import qos_profile_sensor_data
 
-adapter = sys.argv[1]
+adapter, log = sys.argv[1], sys.argv[2]
 rclpy.init()
 node = rclpy.create_node("watch")
 diagnostics, captions = [], []
@@ -51,15 +51,26 @@ def answers(seconds):
         rclpy.spin_once(node, timeout_sec=0.2)
     return took
 
+def spin_until_logged(text, publish=False, timeout=60):
+    # spin (publishing the frame every 0.2 s if asked) until the node's log has text
+    start = time.monotonic()
+    while text not in open(log).read():
+        assert time.monotonic() - start < timeout, f"no {text!r} in the node's log after {timeout} s"
+        if publish:
+            camera.publish(msg)
+        rclpy.spin_once(node, timeout_sec=0.2)
+
 msg = Image(height=8, width=8, encoding="rgb8", step=24, data=array.array("B", bytes(192)))
 msg.header.stamp.sec = 5
-camera.publish(msg)
-during_caption = answers(2.5)
+spin_until_logged("slow caption begins", publish=True)  # a best-effort frame sent before discovery ends is lost
+during_caption = answers(2.5)  # within the 4 s caption
 value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=adapter)
 set_took = spin_until(put.call_async(SetParameters.Request(parameters=[Parameter(name="adapter", value=value)])))
-during_swap = answers(2.5)
+spin_until_logged("slow adapter swap begins")  # the worker swaps once the caption has ended
+during_swap = answers(2.5)  # within the 4 s swap
 start = time.monotonic()
-while time.monotonic() - start < 6:
+while not captions or time.monotonic() - start < 2:
+    assert time.monotonic() - start < 60, "no caption"
     rclpy.spin_once(node, timeout_sec=0.05)
 gaps = [b - a for a, b in zip(diagnostics, diagnostics[1:])]
 print(json.dumps(dict(during_caption=during_caption, set_took=set_took, during_swap=during_swap, gaps=gaps,
@@ -70,18 +81,19 @@ print(json.dumps(dict(during_caption=during_caption, set_took=set_took, during_s
 def test_a_slow_caption_and_adapter_swap_never_block_the_executor(ros_env, tiny_model_dir, adapters, tmp_path):
     params = write_params(tmp_path / "params.yaml", model=str(tiny_model_dir), device="cpu", max_new_tokens=8,
                           max_rate_hz=0.0, autostart=True)
-    node = Launched(dict(ros_env, BLIP_SLOW_S="3"), [sys.executable, str(SLOW_NODE), "--ros-args", "-r",
+    node = Launched(dict(ros_env, BLIP_SLOW_S="4"), [sys.executable, str(SLOW_NODE), "--ros-args", "-r",
                                                      "__ns:=/slow", "--params-file", str(params)],
                     tmp_path / "node.log")
     try:
         node.wait_for("[slow.blip_captioner]: captioning")
-        done = run(ros_env, sys.executable, "-c", WATCH, adapters["a"], timeout=120)
+        done = run(ros_env, sys.executable, "-c", WATCH, adapters["a"], str(tmp_path / "node.log"), timeout=180)
         assert done.returncode == 0, done.stderr[-3000:]
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        # a blocked executor answers only when the 3 s caption or swap ends; a live one at once
-        assert result["during_caption"] and max(result["during_caption"]) < 1.0, result
-        assert result["set_took"] < 1.0 and result["during_swap"] and max(result["during_swap"]) < 1.0, result
-        assert result["gaps"] and max(result["gaps"]) < 2.0, result  # diagnostics keep their 1 s period
+        # a blocked executor answers only when the 4 s caption or swap ends, a live one at once (the bounds
+        # leave a loaded machine half of that)
+        assert result["during_caption"] and max(result["during_caption"]) < 2.0, result
+        assert result["set_took"] < 2.0 and result["during_swap"] and max(result["during_swap"]) < 2.0, result
+        assert result["gaps"] and max(result["gaps"]) < 3.0, result  # diagnostics keep their 1 s period
         assert result["captions"] >= 1
         node.wait_for("adapter")  # the swap happened on the worker
     finally:

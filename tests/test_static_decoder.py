@@ -123,9 +123,11 @@ def test_defaults_on_the_cpu(tiny_bundle):
     assert torch.equal(decoder.generate(pixels), decoder.generate(pixels, [], 30))
     ids, log_probs = decoder.decode(pixels)
     assert torch.equal(ids, decoder.generate(pixels)) and torch.equal(log_probs, decoder.decode(pixels, [], 30)[1])
-    assert ids.shape[1] == 31  # random weights: no row ends within 30 tokens
+    sep = model.config.text_config.sep_token_id
+    # 30 new tokens, unless [SEP] came first (random weights: transformers 5 inits them so that it does not)
+    assert ids.shape[1] == 31 or (ids.shape[1] < 31 and ids[0, -1] == sep and (ids[0, 1:-1] != sep).all())
     _raise_eos(model, 5.0)  # every row's first token is [SEP]
-    ended = [[model.config.text_config.bos_token_id, model.config.text_config.sep_token_id]]
+    ended = [[model.config.text_config.bos_token_id, sep]]
     assert decoder.generate(pixels).tolist() == decoder.decode(pixels)[0].tolist() == ended
 
 

@@ -59,6 +59,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(distro))
 
 
+_TIER: dict[str, dict[str, float]] = {}  # distribution -> test id -> seconds (setup + call + teardown)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for distro in ros2_stack.DISTROS:
+        if distro in report.keywords:
+            tests = _TIER.setdefault(distro, {})
+            tests[report.nodeid] = tests.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The ROS tier's time per distribution (tree extraction and colcon build included, in the first setups)."""
+    if _TIER:
+        parts = [f"{distro} {sum(tests.values()):.0f} s in {len(tests)} tests" for distro, tests in _TIER.items()]
+        terminalreporter.write_line(f"real-ROS tier, time per distribution summed over workers: {', '.join(parts)}")
+
+
 _ENVIRONMENTS: dict[str, dict[str, str] | str] = {}  # per distribution: the environment, or why there is none
 
 

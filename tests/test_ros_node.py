@@ -190,3 +190,5 @@ def test_ctrl_c_ends_the_launch_cleanly(launched):
     assert launched.stop() == 0
     output = launched.output()
     assert "process has finished cleanly" in output and "Traceback" not in output, output[-3000:]
+    # the clean-up's lines reach /rosout: the context is still valid while it runs
+    assert "model freed" in output and "context is invalid" not in output, output[-3000:]

@@ -119,4 +119,4 @@ def test_ctrl_c_in_the_middle_of_a_caption_ends_quietly(ros_env, tiny_model_dir,
     code = node.stop()  # SIGINT while the 2 s caption runs
     output = node.output()
     assert code == 0 and "RCLError" not in output and "Traceback" not in output and "context is invalid" not in \
-        output.split("model freed")[0], output[-3000:]
+        output and "model freed" in output, output[-3000:]

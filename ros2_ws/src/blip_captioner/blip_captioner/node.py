@@ -36,6 +36,7 @@ from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
@@ -356,7 +357,10 @@ def _autostart(node: CaptionerNode) -> str | None:
 def main(args: list[str] | None = None) -> int:
     """Spin until Ctrl-C or an external shutdown; 1 with one fatal line when the node cannot start."""
     _end_with_parent()
-    rclpy.init(args=args)
+    # rclpy's own SIGINT handler shuts the context down at once, so the clean-up's log lines could no longer
+    # reach /rosout; with Python's, Ctrl-C raises KeyboardInterrupt in spin (at the next wake-up: the 1 s
+    # diagnostics timer at the latest) and the clean-up runs with the context still valid
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.SIGTERM)
     node = None
     try:
         node = CaptionerNode()

@@ -97,12 +97,13 @@ def transformed_sets(samples: list[Sample], folder: Path) -> dict[str, list[Samp
 
 
 def readme_config(base: Path, train_file: Path, val_file: Path, out: Path, augment: AugmentConfig,
-                  epochs: int = 8) -> TrainConfig:
+                  epochs: int = 8, seed: int | None = None) -> TrainConfig:
     """The README's real-run command (`blip-lora train --model demo_out/base/model ...`) as a TrainConfig."""
     return TrainConfig(model=str(base), train_file=str(train_file), val_file=str(val_file), output_dir=str(out),
                        lora=dict(r=8, alpha=16, dropout=0.0), epochs=epochs, batch_size=16, grad_accum=1, lr=0.006,
                        warmup_steps=10, precision="fp32", device="cpu", num_workers=0, group_references=True,
-                       max_new_tokens=12, progress=False, augment=augment)
+                       max_new_tokens=12, progress=False, augment=augment,
+                       **({} if seed is None else {"seed": seed}))
 
 
 def exact_matches(base: Path, adapter: Path, sets: dict[str, list[Sample]], pool: list[Sample]) -> dict[str, float]:
@@ -117,7 +118,7 @@ def exact_matches(base: Path, adapter: Path, sets: dict[str, list[Sample]], pool
 
 
 def run(base: Path, data: Path, out: Path, *, epochs: int = 8, val_every: int = 1,
-        augment: AugmentConfig | None = None) -> dict:
+        augment: AugmentConfig | None = None, seed: int | None = None) -> dict:
     """Train with the default augmentations (or ``augment``) and with none; their exact match on every set."""
     began = time.perf_counter()
     train_file, val_file = write_split(data, out / "data")
@@ -125,7 +126,7 @@ def run(base: Path, data: Path, out: Path, *, epochs: int = 8, val_every: int = 
     sets = transformed_sets(val, out / "transformed")
     results: dict = {"epochs": epochs, "photos": len(val)}
     for name, chosen in (("default", augment or AugmentConfig()), ("none", AugmentConfig.off())):
-        config = readme_config(base, train_file, val_file, out / name, chosen, epochs)
+        config = readme_config(base, train_file, val_file, out / name, chosen, epochs, seed)
         adapter = train(config).adapter
         results[name] = exact_matches(base, adapter, sets, train_samples + val)
     results["seconds"] = round(time.perf_counter() - began, 1)
@@ -167,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/camera_robust")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--augment", default="{}", help="AugmentConfig fields to change from the defaults, as JSON")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default: TrainConfig's)")
     args = parser.parse_args(argv)
     demo.quiet_logs()
     base = demo.pretrain_base(args.base_out, replace(demo.DemoSettings(), progress=False))
     with demo.torch_threads(1):
         results = run(base, Path(args.data), Path(args.out), epochs=args.epochs,
-                      augment=AugmentConfig.from_dict(json.loads(args.augment)))
+                      augment=AugmentConfig.from_dict(json.loads(args.augment)), seed=args.seed)
     Path(args.out, "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"exact match on {results['photos']} held-out photos ({results['seconds']:.0f} s):")
     print(f"{'set':<10} {'default augmentations':>22} {'none':>6}")

@@ -494,3 +494,176 @@ def test_the_fast_in_place_hook_equals_the_reference_hook_on_blip(tiny_bundle, p
     assert fast_grads.keys() == reference_grads.keys() and len(fast_grads) == 2 * len(lora_layers(model))
     for name in fast_grads:
         torch.testing.assert_close(fast_grads[name], reference_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_config_to_dict_is_plain_and_from_dict_reads_it_back():
+    config = LoraConfig(r=4, alpha=8.0, dropout=0.1, rslora=True, targets=(r".*\.fc1", r".*query"))
+    values = config.to_dict()
+    assert values == {"r": 4, "alpha": 8.0, "dropout": 0.1, "rslora": True, "targets": [r".*\.fc1", r".*query"]}
+    assert type(values["targets"]) is list  # YAML and JSON write a list, not a Python tuple
+    assert LoraConfig.from_dict(values) == config
+    assert LoraConfig.from_dict(None) == LoraConfig()
+
+
+def test_empty_targets_message_says_what_is_missing():
+    with pytest.raises(ConfigError, match=r"^lora\.targets must name at least one pattern$"):
+        LoraConfig(targets=())
+
+
+def _three_layer_holder(seed: int = 0) -> tuple[nn.Module, list[nn.Linear]]:
+    """vision_model = Linear(6, 5), Linear(5, 5), Linear(5, 4), LoRA r 2, alpha 4 (scaling 2) and a random B."""
+    torch.manual_seed(seed)
+    layers = [nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, 4)]
+    holder = nn.Sequential()
+    holder.add_module("vision_model", nn.Sequential(*layers))
+    inject_lora(holder, LoraConfig(r=2, alpha=4.0, dropout=0.0))
+    _randomise_b(holder, seed)
+    return holder, layers
+
+
+def test_hook_adds_into_the_base_layers_own_output_tensor():
+    holder, layer, x = _hooked_linear(dropout=0.0)
+    base_outputs = []
+    layer.register_forward_hook(lambda m, a, out: base_outputs.append(out.data_ptr()), prepend=True)
+    out = holder(x)
+    assert out.data_ptr() == base_outputs[0]  # no copy of the (..., out) activation
+    torch.testing.assert_close(out, x @ layer.weight.T + layer.bias + 1.5 * (x @ layer.lora_A.T @ layer.lora_B.T),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_a_merge_stopped_by_a_bad_layer_can_be_undone_or_finished():
+    holder, layers = _three_layer_holder()
+    base = [m.weight.detach().clone() for m in layers]
+    deltas = [2.0 * m.lora_B.detach() @ m.lora_A.detach() for m in layers]
+    good_b = layers[1].lora_B.detach().clone()
+    with torch.no_grad():
+        layers[1].lora_B.fill_(float("inf"))
+    with pytest.raises(AdapterError, match=r"cannot merge layer vision_model\.1"):
+        merge_lora(holder)
+    assert [m._lora.merged for m in layers] == [True, False, False] and not is_merged(holder)
+    torch.testing.assert_close(layers[0].weight, base[0] + deltas[0], rtol=0, atol=1e-6)
+    assert unmerge_lora(holder) == 1  # only the merged layer (unmerging the others would subtract their B A)
+    torch.testing.assert_close(layers[0].weight, base[0], rtol=0, atol=1e-6)
+    assert torch.equal(layers[1].weight, base[1]) and torch.equal(layers[2].weight, base[2])
+    with pytest.raises(AdapterError):
+        merge_lora(holder)
+    with torch.no_grad():
+        layers[1].lora_B.copy_(good_b)
+    assert merge_lora(holder) == 2 and is_merged(holder)  # the first layer is skipped, the other two merged
+    for module, weight, delta in zip(layers, base, deltas, strict=True):
+        torch.testing.assert_close(module.weight, weight + delta, rtol=0, atol=1e-6)
+
+
+def test_unmerging_an_unmerged_model_changes_nothing_and_no_lora_is_not_merged():
+    holder, layers = _three_layer_holder()
+    weights = [m.weight.detach().clone() for m in layers]
+    assert unmerge_lora(holder) == 0
+    assert all(torch.equal(m.weight, w) for m, w in zip(layers, weights, strict=True))
+    plain = nn.Sequential(nn.Linear(3, 3))
+    assert is_merged(plain) is False and merge_lora(plain) == 0
+
+
+def test_lora_disabled_restores_the_adapters_and_refuses_merged_ones():
+    holder, layers = _three_layer_holder()
+    x = torch.randn(2, 6)
+    with torch.no_grad():
+        hooked = holder(x)
+        with lora_disabled(holder):
+            plain = holder(x)
+        assert torch.equal(holder(x), hooked) and not torch.allclose(plain, hooked)
+        base = x
+        for module in layers:
+            base = base @ module.weight.T + module.bias
+        torch.testing.assert_close(plain, base, rtol=1e-6, atol=1e-6)
+    merge_lora(holder)
+    with pytest.raises(AdapterError, match="cannot disable merged adapters: call unmerge_lora first"):
+        with lora_disabled(holder):
+            pass
+    assert all(m._lora.enabled for m in layers)
+
+
+def test_check_lora_fits_says_what_is_wrong_with_each_layer():
+    from blip_lora_core.lora.hooks import check_lora_fits
+
+    holder = nn.Sequential()
+    holder.add_module("vision_model", nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 4)))
+    good = {"vision_model.0.lora_A": torch.zeros(2, 6), "vision_model.0.lora_B": torch.zeros(5, 2),
+            "vision_model.2.lora_A": torch.zeros(2, 5), "vision_model.2.lora_B": torch.zeros(4, 2)}
+    check_lora_fits(holder, ["vision_model.0", "vision_model.2"], good, 2)
+    with pytest.raises(AdapterError, match=r"^layer vision_model\.1 is not an nn\.Linear in this model \(a GELU\)$"):
+        check_lora_fits(holder, ["vision_model.1"], good, 2)
+    with pytest.raises(AdapterError, match=r"^layer vision_model\.9 is not an nn\.Linear in this model "
+                                           r"\(no such layer\)$"):
+        check_lora_fits(holder, ["vision_model.9"], good, 2)
+    with pytest.raises(AdapterError, match=r"^layer vision_model\.0: the adapter lacks lora_A$"):
+        check_lora_fits(holder, ["vision_model.0"], {"vision_model.0.lora_B": good["vision_model.0.lora_B"]}, 2)
+    with pytest.raises(AdapterError, match=r"^layer vision_model\.0: adapter has lora_A \(2, 6\) and lora_B \(4, 2\) "
+                                           r"at r=2, but the model's weight is \(5, 6\)$"):
+        check_lora_fits(holder, ["vision_model.0"], {**good, "vision_model.0.lora_B": torch.zeros(4, 2)}, 2)
+    inject_lora(holder, LoraConfig(r=2), layer_names=["vision_model.0", "vision_model.2"])
+    check_lora_fits(holder, ["vision_model.0", "vision_model.2"], good, 2)
+    with pytest.raises(AdapterError, match=r"model only: \['vision_model\.2'\], adapter only: \[\]"):
+        check_lora_fits(holder, ["vision_model.0"], good, 2)
+
+
+def test_load_lora_tensors_injects_exactly_the_named_layers_and_keeps_merge_state():
+    from blip_lora_core.lora.hooks import load_lora_tensors
+
+    torch.manual_seed(0)
+    holder = nn.Sequential()
+    holder.add_module("vision_model", nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4)))
+    holder.add_module("text_decoder", nn.Sequential(nn.Linear(4, 3)))
+    tensors = {"text_decoder.0.lora_A": torch.randn(2, 4), "text_decoder.0.lora_B": torch.randn(3, 2)}
+    config = LoraConfig(r=2, alpha=3.0, dropout=0.0)  # its targets (the vision encoder) do not apply
+    load_lora_tensors(holder, config, ["text_decoder.0"], tensors)
+    assert list(lora_layers(holder)) == ["text_decoder.0"] and not is_merged(holder)
+    layer = holder.text_decoder[0]
+    assert torch.equal(layer.lora_A, tensors["text_decoder.0.lora_A"])
+    assert torch.equal(layer.lora_B, tensors["text_decoder.0.lora_B"])
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(layer(x), x @ layer.weight.T + layer.bias + 1.5 * x @ layer.lora_A.T @ layer.lora_B.T,
+                               rtol=1e-6, atol=1e-6)
+    for keep_base in (False, True):
+        base = layer.weight.detach().clone()
+        merge_lora(holder, keep_base=keep_base)
+        load_lora_tensors(holder, config, ["text_decoder.0"], tensors)
+        assert is_merged(holder)
+        kept = layer._lora.base_weight  # a CPU copy only where the merge asked for one
+        assert (kept is not None) == keep_base
+        if keep_base:
+            assert torch.equal(kept, base)
+        torch.testing.assert_close(layer(x), x @ base.T + layer.bias + 1.5 * x @ layer.lora_A.T @ layer.lora_B.T,
+                                   rtol=1e-6, atol=1e-6)
+        unmerge_lora(holder)
+        torch.testing.assert_close(layer.weight, base, rtol=0, atol=1e-6)
+
+
+def test_base_weight_values_read_the_kept_copy_exactly_in_bf16():
+    from blip_lora_core.lora.hooks import base_weight_values
+
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 8).to(torch.bfloat16)
+    holder = nn.Sequential()
+    holder.add_module("vision_model", nn.Sequential(layer))
+    inject_lora(holder, LoraConfig(r=4, alpha=8.0))
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(8, 4))
+    base = layer.weight.detach().float().reshape(-1).clone()
+    index = torch.tensor([0, 5, 17, 63, 127])
+    assert torch.equal(base_weight_values(layer, index), base[index])  # unmerged: the weight itself
+    merge_lora(holder, keep_base=True)
+    got = base_weight_values(layer, index)
+    assert got.dtype == torch.float32 and torch.equal(got, base[index])  # bit for bit, from the kept copy
+    unmerge_lora(holder)
+    merge_lora(holder)  # no kept copy: W - scaling B A in fp32 from the rounded bf16 weight, close
+    torch.testing.assert_close(base_weight_values(layer, index), base[index], rtol=0.02, atol=0.05)
+
+
+@pytest.mark.parametrize("count, text", [
+    ((1234, 5678), "trainable params: 1,234 || all params: 5,678 || trainable: 21.7330%"),
+    ((0, 0), "trainable params: 0 || all params: 0 || trainable: 0.0000%"),
+])
+def test_parameter_count_text(count, text):
+    from blip_lora_core.lora.hooks import ParameterCount
+
+    assert str(ParameterCount(*count)) == text

@@ -102,21 +102,36 @@ def test_a_slow_caption_and_adapter_swap_never_block_the_executor(ros_env, tiny_
     assert code == 0 and "Traceback" not in output and "RCLError" not in output, output[-3000:]
 
 
+CAMERA = r"""
+import sys, array
+import rclpy
+from sensor_msgs.msg import Image
+from rclpy.qos import qos_profile_sensor_data
+rclpy.init()
+node = rclpy.create_node("camera")
+camera = node.create_publisher(Image, sys.argv[1], qos_profile_sensor_data)
+msg = Image(height=8, width=8, encoding="rgb8", step=24, data=array.array("B", bytes(192)))
+node.create_timer(0.2, lambda: camera.publish(msg))
+try:
+    rclpy.spin(node)
+except KeyboardInterrupt:
+    pass
+"""
+
+
 def test_ctrl_c_in_the_middle_of_a_caption_ends_quietly(ros_env, tiny_model_dir, tmp_path):
     params = write_params(tmp_path / "params.yaml", model=str(tiny_model_dir), device="cpu", max_new_tokens=8,
                           max_rate_hz=0.0, autostart=True)
-    node = Launched(dict(ros_env, BLIP_SLOW_S="2"), [sys.executable, str(SLOW_NODE), "--ros-args", "-r",
+    node = Launched(dict(ros_env, BLIP_SLOW_S="4"), [sys.executable, str(SLOW_NODE), "--ros-args", "-r",
                                                      "__ns:=/quiet", "--params-file", str(params)],
                     tmp_path / "node.log")
     node.wait_for("[quiet.blip_captioner]: captioning")
-    publish = ("import rclpy, array, time\nfrom sensor_msgs.msg import Image\nfrom rclpy.qos import "
-               "qos_profile_sensor_data\nrclpy.init(); n = rclpy.create_node('cam')\n"
-               "p = n.create_publisher(Image, '/quiet/image', qos_profile_sensor_data)\n"
-               "while p.get_subscription_count() == 0: rclpy.spin_once(n, timeout_sec=0.1)\n"
-               "p.publish(Image(height=8, width=8, encoding='rgb8', step=24, data=array.array('B', bytes(192))))\n"
-               "time.sleep(0.5)\n")
-    assert run(ros_env, sys.executable, "-c", publish).returncode == 0
-    code = node.stop()  # SIGINT while the 2 s caption runs
+    camera = Launched(ros_env, [sys.executable, "-c", CAMERA, "/quiet/image"], tmp_path / "camera.log")
+    try:
+        node.wait_for("slow caption begins")  # frames go out every 0.2 s until one is being captioned
+    finally:
+        camera.stop()
+    code = node.stop()  # SIGINT while the 4 s caption runs
     output = node.output()
     assert code == 0 and "RCLError" not in output and "Traceback" not in output and "context is invalid" not in \
         output and "model freed" in output, output[-3000:]

@@ -14,6 +14,16 @@ _IMREAD = "equivalent: cv2.imdecode with IMREAD_COLOR returns an (H, W, 3) uint8
 _CUT = ("CUDA only: eagerly, decoding stops at the step the last row ended, so _finish has nothing to cut; "
         "a replayed graph runs every step")
 
+_HELP = ("acceptable: the help text of a setting (shown by --help and the ROS parameter table); a test could only "
+         "repeat the sentence, its wording is reviewed by reading")
+_HOOK_NONE = ("equivalent: a forward hook that returns None keeps the module's output, which here is the same "
+              "tensor (unchanged, or updated in place)")
+_NO_DROPOUT = "equivalent: lora_dropout(x, 0.0) returns (x, 1.0) without drawing (CUDA: dropout with p 0 returns x)"
+_AUTOCAST = ("performance: A cast to the input's dtype before autocast casts it to autocast's dtype: the same values "
+             "where autocast's dtype is the input's or the input is fp32 (training autocasts in the base's dtype), "
+             "and without autocast A already has the input's dtype or is cast in both versions")
+_META = "equivalent: kaiming_uniform_ on a meta tensor stores nothing and draws nothing from the generator"
+
 ACCEPTED: dict[str, dict[str, str]] = {
     "blip_lora_core/models/labels.py": {
         "collate_text: drop keyword: dtype=torch.long -> (deleted)": _INT64,
@@ -128,6 +138,35 @@ ACCEPTED: dict[str, dict[str, str]] = {
         "np.uint8) -> bgr is None or bgr.ndim != 3 or bgr.dtype != np.uint8": _IMREAD,
         "decode_compressed: drop operand: bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or (bgr.dtype != "
         "np.uint8) -> bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3": _IMREAD,
+    },
+    "blip_lora_core/lora/hooks.py": {
+        "<module>: change string: '_lora_requires_grad_before' -> 'XX_lora_requires_grad_beforeXX'":
+            "equivalent: the attribute's name is private; inject_lora writes and remove_lora reads it by this constant",
+        "LoraConfig: change string: 'LoRA rank' -> 'XXLoRA rankXX'": _HELP,
+        "LoraConfig: change string: 'LoRA alpha (scaling = alpha / r)' -> 'XXLoRA alpha (scaling = alpha / r)XX'":
+            _HELP,
+        "LoraConfig: change string: 'dropout on the LoRA branch' -> 'XXdropout on the LoRA branchXX'": _HELP,
+        "LoraConfig: change string: 'rank-stabilised scaling: alpha / sqrt(r)' -> "
+        "'XXrank-stabilised scaling: alpha / sqrt(r)XX'": _HELP,
+        "LoraConfig: change string: 'module-name patterns of the nn.Linear layers to adapt' -> "
+        "'XXmodule-name patterns of the nn.Linear layers to adaptXX'": _HELP,
+        "_lora_hook: return None: return output -> return None": _HOOK_NONE,
+        "_lora_hook: return None: return output -> return None #2": _HOOK_NONE,
+        "_lora_hook: drop operand: state.dropout > 0.0 and module.training -> module.training": _NO_DROPOUT,
+        "_lora_hook: swap comparison: state.dropout > 0.0 -> state.dropout >= 0.0": _NO_DROPOUT,
+        "_lora_hook: condition always True: a.dtype != x.dtype and (not torch.is_autocast_enabled(x.device.type)) -> "
+        "True": _AUTOCAST,
+        "_lora_hook: swap and/or: a.dtype != x.dtype and (not torch.is_autocast_enabled(x.device.type)) -> "
+        "a.dtype != x.dtype or not torch.is_autocast_enabled(x.device.type)": _AUTOCAST,
+        "_lora_hook: drop operand: a.dtype != x.dtype and (not torch.is_autocast_enabled(x.device.type)) -> "
+        "not torch.is_autocast_enabled(x.device.type)":
+            "equivalent: without autocast, A.to(x.dtype) of an A already in x's dtype returns A itself",
+        "_lora_hook: drop operand: a.dtype != x.dtype and (not torch.is_autocast_enabled(x.device.type)) -> "
+        "a.dtype != x.dtype": _AUTOCAST,
+        "_hook_layer: condition always True: weight.device.type != 'meta' -> True": _META,
+        "_hook_layer: change string: 'meta' -> 'XXmetaXX'": _META,
+        "base_weight_values: drop unary operator: -1 -> 1 #3":
+            "equivalent: the product is (k, r) for the documented flat index (k,), so dim 1 is dim -1",
     },
     "blip_lora_core/lora/dropout.py": {
         "lora_dropout: drop keyword: training=True -> (deleted)":

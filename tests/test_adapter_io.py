@@ -310,3 +310,161 @@ def test_the_base_check_tolerates_half_precision_copies_but_not_other_weights(ti
             weight.mul_(scale).add_(shift * weight.abs().max())
         with pytest.raises(AdapterError, match=f"weights differ from the base .*first at layer {re.escape(layer)}"):
             load_adapter(other, path)
+
+
+def _metadata(path) -> dict[str, str]:
+    from faults import split_safetensors
+
+    return split_safetensors(path.read_bytes())[0]["__metadata__"]
+
+
+def test_unset_base_model_revision_and_extra_are_written_empty(tiny_bundle, tmp_path):
+    model = _trained(tiny_bundle)
+    for kwargs in ({}, {"base_model": None, "base_revision": None, "extra": None}):
+        path = save_adapter(model, tmp_path / "a.safetensors", config=CONFIG, **kwargs)
+        meta = _metadata(path)
+        assert (meta["base_model"], meta["base_revision"], meta["extra"]) == ("", "", "{}"), kwargs
+        info = read_adapter(path)[0]
+        assert (info.base_model, info.base_revision, info.extra) == ("", "", {})
+
+
+def test_extra_is_written_with_sorted_keys_and_other_values_as_text(tiny_bundle, tmp_path):
+    from pathlib import Path
+
+    extra = {"when": datetime(2025, 6, 7, 16, 15, 36), "data": Path("/data/blocks"), "epochs": 2}
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG, extra=extra)
+    assert _metadata(path)["extra"] == '{"data": "/data/blocks", "epochs": 2, "when": "2025-06-07 16:15:36"}'
+    assert read_adapter(path)[0].extra == {"data": "/data/blocks", "epochs": 2, "when": "2025-06-07 16:15:36"}
+
+
+def test_saving_a_model_without_lora_is_refused(tiny_bundle, tmp_path):
+    with pytest.raises(AdapterError, match="the model has no LoRA layers to save"):
+        save_adapter(tiny_bundle.model, tmp_path / "a.safetensors", config=CONFIG)
+    assert not (tmp_path / "a.safetensors").exists()
+
+
+def test_every_setting_other_than_the_defaults_reads_back(tiny_bundle, tmp_path):
+    """rank-stabilised scaling, a dropout and targets that are not LoraConfig's defaults."""
+    config = LoraConfig(r=2, alpha=3, dropout=0.125, rslora=True, targets=(r"vision_model\.encoder\.layers\.1\..*",))
+    assert (config.dropout, config.targets, config.rslora) != (LoraConfig().dropout, LoraConfig().targets, False)
+    path = save_adapter(_trained(tiny_bundle, config=config), tmp_path / "a.safetensors", config=config)
+    assert _metadata(path)["scaling"] == "alpha/sqrt(r)"
+    info = read_adapter(path)[0]
+    assert info.config == config and info.config.scaling == 3 / 2 ** 0.5
+
+
+def test_tied_lora_parameters_are_saved_as_copies(tiny_bundle, tiny_model_dir, tmp_path):
+    """Two layers sharing one lora_A (tied by hand) still save: the file gets a copy of each."""
+    model = _trained(tiny_bundle)
+    first, second = (model.vision_model.encoder.layers[i].self_attn.qkv for i in (0, 1))
+    second.lora_A = first.lora_A
+    path = save_adapter(model, tmp_path / "a.safetensors", config=CONFIG)
+    tensors = read_adapter(path)[1]
+    prefix = "vision_model.encoder.layers.{}.self_attn.qkv.lora_A"
+    assert torch.equal(tensors[prefix.format(0)], first.lora_A) and torch.equal(tensors[prefix.format(1)], first.lora_A)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("targets", '"qkv"', r"targets '\"qkv\"', scaling 'alpha/r'"),
+    ("targets", '{"qkv": 1}', r"targets '\{\"qkv\": 1\}', scaling 'alpha/r'"),
+    ("scaling", "alpha", r"scaling 'alpha'\)"),
+    ("scaling", "alpha/sqrt(r) ", r"scaling 'alpha/sqrt\(r\) '\)"),
+    ("layers", '"vision_model.encoder.layers.0.self_attn.qkv"', "'layers' must be a non-empty list of layer names"),
+    ("layers", "[]", "'layers' must be a non-empty list of layer names"),
+    ("layers", "[1, 2]", "'layers' must be a non-empty list of layer names"),
+])
+def test_metadata_of_the_wrong_kind_is_refused_by_name(tiny_bundle, tmp_path, key, value, words):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    bad = _rewrite(path, tmp_path / "bad.safetensors", mutate_meta=lambda m: m.update({key: value}))
+    with pytest.raises(AdapterError, match=rf"bad\.safetensors: .*{words}"):
+        read_adapter(bad)
+
+
+def test_optional_metadata_may_be_missing_and_extra_must_be_an_object(tiny_bundle, tiny_model_dir, tmp_path):
+    """Files without base model, revision, fingerprint or extra (hand-made or older) read and load."""
+    model = _trained(tiny_bundle)
+    path = save_adapter(model, tmp_path / "a.safetensors", config=CONFIG, base_model="tiny", base_revision="v1",
+                        extra={"epochs": 2})
+
+    def strip(meta):
+        for key in ("base_model", "base_revision", "fingerprint", "extra"):
+            del meta[key]
+
+    bare = _rewrite(path, tmp_path / "bare.safetensors", mutate_meta=strip)
+    info = read_adapter(bare)[0]
+    assert (info.base_model, info.base_revision, info.fingerprint, info.extra) == ("", "", "", {})
+    fresh = load_blip(str(tiny_model_dir)).model
+    load_adapter(fresh, bare)
+    saved, loaded = lora_state_dict(model), lora_state_dict(fresh)
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    listed = _rewrite(path, tmp_path / "list.safetensors", mutate_meta=lambda m: m.update(extra="[1, 2]"))
+    assert read_adapter(listed)[0].extra == {}
+
+
+def test_a_tensor_the_metadata_does_not_name_is_refused(tiny_bundle, tmp_path):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    bad = _rewrite(path, tmp_path / "x.safetensors", mutate_tensors=lambda t: t.update(stowaway=torch.ones(2)))
+    with pytest.raises(AdapterError, match=r"x\.safetensors: .*missing \[\], unexpected \['stowaway'\]"):
+        read_adapter(bad)
+
+
+@pytest.mark.parametrize("side", ["A", "B"])
+def test_each_tensor_must_be_floating_point_and_finite(tiny_bundle, tmp_path, side):
+    path = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG)
+    key = f"vision_model.encoder.layers.1.mlp.fc1.lora_{side}"
+    whole = _rewrite(path, tmp_path / "i.safetensors", mutate_tensors=lambda t: t.update({key: t[key].long()}))
+    with pytest.raises(AdapterError, match=r"i\.safetensors: layer .*fc1: adapter tensors must be floating point"):
+        read_adapter(whole)
+    for value in (float("nan"), float("inf")):
+        bad = _rewrite(path, tmp_path / "f.safetensors", mutate_tensors=lambda t, v=value: t[key].view(-1)[3].fill_(v))
+        with pytest.raises(AdapterError, match=r"f\.safetensors: layer .*fc1: adapter tensors hold NaN or infinite"):
+            read_adapter(bad)
+
+
+def test_an_unreadable_file_is_called_a_pickle_only_when_it_looks_like_one(tiny_bundle, tmp_path):
+    data = save_adapter(_trained(tiny_bundle), tmp_path / "a.safetensors", config=CONFIG).read_bytes()
+    for name, content in (("cut.safetensors", data[:-10]), ("text.safetensors", b"PK\x03 not a zip"),
+                          ("zero.safetensors", b"\x00" * 64)):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(AdapterError, match="not a readable safetensors adapter file") as caught:
+            read_adapter(tmp_path / name)
+        assert "pickle" not in str(caught.value), name
+    (tmp_path / "p.safetensors").write_bytes(pickle.dumps({"x": 1}, protocol=2))
+    torch.save({"x": torch.zeros(2)}, tmp_path / "t.safetensors")
+    for name in ("p.safetensors", "t.safetensors"):
+        with pytest.raises(AdapterError, match="it is a pickle or torch.save file; blip-lora never unpickles"):
+            read_adapter(tmp_path / name)
+
+
+def _scale_layer(model, layer: str, scale: float, shift: float = 0.0) -> None:
+    weight = dict(model.named_modules())[layer].weight
+    with torch.no_grad():
+        weight.mul_(scale).add_(shift * weight.abs().max())
+
+
+def test_the_base_check_measures_each_layer_against_its_own_weights(tiny_bundle, tiny_model_dir, tmp_path):
+    """A layer with 1000x smaller weights than the others is still checked at its own scale."""
+    layer = "vision_model.encoder.layers.1.mlp.fc2"
+    model = _trained(tiny_bundle)
+    _scale_layer(model, layer, 1e-3)
+    path = save_adapter(model, tmp_path / "a.safetensors", config=CONFIG)
+    same = load_blip(str(tiny_model_dir)).model
+    _scale_layer(same, layer, 1e-3)
+    load_adapter(same, path)
+    shifted = load_blip(str(tiny_model_dir)).model
+    _scale_layer(shifted, layer, 1e-3, shift=0.025)  # 2.5 % of this layer's largest weight
+    with pytest.raises(AdapterError, match=f"weights differ from the base .*first at layer {re.escape(layer)}"):
+        load_adapter(shifted, path)
+
+
+def test_a_layer_whose_base_weights_are_zero_matches_exactly(tiny_bundle, tiny_model_dir, tmp_path):
+    """Zero weights give a zero tolerance: the same zeros still match."""
+    layer = "vision_model.encoder.layers.0.mlp.fc1"
+    model = _trained(tiny_bundle)
+    _scale_layer(model, layer, 0.0)
+    path = save_adapter(model, tmp_path / "a.safetensors", config=CONFIG)
+    assert not read_adapter(path)[1]["base_probe"][2].any()  # layer 0's fc1 is the third adapted layer
+    same = load_blip(str(tiny_model_dir)).model
+    _scale_layer(same, layer, 0.0)
+    load_adapter(same, path)
+    assert len(lora_layers(same)) == 8

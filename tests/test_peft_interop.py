@@ -197,3 +197,28 @@ def test_import_checks_the_tensors_against_the_model_first(tiny_bundle, tmp_path
     inject_lora(tiny_bundle.model, CONFIG)
     with pytest.raises(AdapterError, match="import_peft needs a model without LoRA layers"):
         import_peft(folder, tiny_bundle.model, tmp_path / "x.safetensors")
+
+
+def test_a_peft_folder_without_tensors_reads_as_an_adapter_of_no_layers(tiny_bundle, tmp_path):
+    """Its placeholder target pattern adapts no layer, so import_peft has nothing to import."""
+    folder = _peft_folder(tiny_bundle, tmp_path, change_tensors=lambda t: t.clear())
+    info, tensors = read_peft(folder)
+    assert (info.layers, tensors, info.config.r, info.config.alpha) == ([], {}, 4, 8.0)
+    assert find_targets(tiny_bundle.model, info.config.targets) == []
+    with pytest.raises(AdapterError, match=re.escape("no nn.Linear layer matches the LoRA targets ['']")):
+        import_peft(folder, tiny_bundle.model, tmp_path / "x.safetensors")
+    assert not lora_layers(tiny_bundle.model) and not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_peft_config_is_read_as_utf_8_whatever_the_locale(tiny_bundle, tmp_path, monkeypatch):
+    """A machine whose locale encoding is latin-1 still reads a UTF-8 config's non-ASCII text right."""
+    import io
+
+    folder = _peft_folder(tiny_bundle, tmp_path)
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = "örg/blïp-große"
+    (folder / "adapter_config.json").write_bytes(json.dumps(config, ensure_ascii=False).encode("utf-8"))
+    default = io.text_encoding
+    monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "latin-1")
+    assert io.text_encoding(None) == "latin-1" and default(None) in ("locale", "utf-8")
+    assert read_peft(folder)[0].base_model == "örg/blïp-große"

@@ -40,10 +40,9 @@ ACCEPTED: dict[str, dict[str, str]] = {
         "StaticGreedyDecoder.__init__: drop operand: self.graphs and self.device.type != 'cuda' -> self.graphs": _CUDA,
         "StaticGreedyDecoder.__init__: change string: 'cuda' -> 'XXcudaXX' #2": _CUDA,
         "StaticGreedyDecoder.__init__: condition always False: self.graphs -> False": _CUDA,
-        "StaticGreedyDecoder._attend: drop unary operator: -2 -> 2":
-            "equivalent: keys are 4-D, so transpose(-1, 2) is transpose(-1, -2)",
+        "attend: drop unary operator: -2 -> 2": "equivalent: keys are 4-D, so transpose(-1, 2) is transpose(-1, -2)",
         "StaticGreedyDecoder._forward: drop keyword: device=tokens.device -> (deleted)": _DEVICE,
-        "StaticGreedyDecoder._forward: drop keyword: device=tokens.device -> (deleted) #2": _DEVICE,
+        "causal_mask: drop keyword: device=pos.device -> (deleted)": _DEVICE,
         "StaticGreedyDecoder._forward: drop slice lower: -1: -> :":
             "performance: the LM head scores every position of the step; only the last is read",
         "StaticGreedyDecoder._forward: number + 1: 1 -> 2":

@@ -200,12 +200,12 @@ def test_import_checks_the_tensors_against_the_model_first(tiny_bundle, tmp_path
 
 
 def test_a_peft_folder_without_tensors_reads_as_an_adapter_of_no_layers(tiny_bundle, tmp_path):
-    """Its placeholder target pattern adapts no layer, so import_peft has nothing to import."""
+    """Its placeholder target pattern adapts no layer; import_peft says so, naming the folder."""
     folder = _peft_folder(tiny_bundle, tmp_path, change_tensors=lambda t: t.clear())
     info, tensors = read_peft(folder)
     assert (info.layers, tensors, info.config.r, info.config.alpha) == ([], {}, 4, 8.0)
     assert find_targets(tiny_bundle.model, info.config.targets) == []
-    with pytest.raises(AdapterError, match=re.escape("no nn.Linear layer matches the LoRA targets ['']")):
+    with pytest.raises(AdapterError, match=re.escape(f"{folder}: the peft adapter holds no LoRA tensors")):
         import_peft(folder, tiny_bundle.model, tmp_path / "x.safetensors")
     assert not lora_layers(tiny_bundle.model) and not (tmp_path / "x.safetensors").exists()
 

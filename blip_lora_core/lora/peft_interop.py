@@ -106,6 +106,8 @@ def import_peft(folder: str | os.PathLike, model: torch.nn.Module, out_file: str
     info, tensors = read_peft(folder)
     if lora_layers(model):
         raise AdapterError("import_peft needs a model without LoRA layers")
+    if not info.layers:
+        raise AdapterError(f"{folder}: the peft adapter holds no LoRA tensors: nothing to import")
     try:
         check_lora_fits(model, info.layers, tensors, info.config.r)
     except AdapterError as error:

@@ -168,7 +168,15 @@ def environment(folder: Path, distro: str = "humble") -> dict[str, str]:
     env.update(LOCALHOST[distro], ROS_DOMAIN_ID=str(domain_id(distro)), PYTHONUNBUFFERED="1",
                RCUTILS_COLORIZED_OUTPUT="0", HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
                OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
+    stop_daemon(env)
     return env
+
+
+def stop_daemon(env: dict[str, str]) -> None:
+    """Stop the ros2 daemon of env's DDS domain, if one runs. ros2 command lines ask the daemon of their domain
+    when there is one, and a daemon left by an earlier run (another checkout, a tree since deleted, a context
+    shut down by a signal) answers them with errors such as '!rclpy.ok()'."""
+    subprocess.run(["ros2", "daemon", "stop"], env=env, capture_output=True, text=True, timeout=60)
 
 
 def run(env: dict[str, str], *command: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ its own per pytest-xdist worker and distribution.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import json
@@ -169,6 +170,7 @@ def environment(folder: Path, distro: str = "humble") -> dict[str, str]:
                RCUTILS_COLORIZED_OUTPUT="0", HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
                OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
     stop_daemon(env)
+    atexit.register(stop_daemon, env)  # and the one this process's ros2 command lines start
     return env
 
 

@@ -95,20 +95,17 @@ def ros_distro(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def ros_env(ros_distro: str, tmp_path_factory, request: pytest.FixtureRequest) -> dict[str, str]:
+def ros_env(ros_distro: str, tmp_path_factory) -> dict[str, str]:
     """Environment for ROS subprocesses: ROS 2 ``ros_distro`` sourced, ros2_ws (blip_captioner,
-    blip_captioner_msgs) built on top by colcon, one DDS domain per worker and distribution (its ros2 daemon
-    stopped before and after the run). Made once per process and distribution (pytest may switch back and
-    forth between them)."""
+    blip_captioner_msgs) built on top by colcon, one DDS domain per worker and distribution. Made once per
+    process and distribution (pytest may switch back and forth between them)."""
     distro = ros_distro
     if distro not in _ENVIRONMENTS:
         try:
-            env = ros2_stack.environment(_run_folder(tmp_path_factory) / f"ros2_ws-{distro}", distro)
+            _ENVIRONMENTS[distro] = ros2_stack.environment(_run_folder(tmp_path_factory) / f"ros2_ws-{distro}",
+                                                           distro)
         except ros2_stack.Ros2UnavailableError as missing:
             _ENVIRONMENTS[distro] = str(missing)
-        else:
-            _ENVIRONMENTS[distro] = env
-            request.session.config.add_cleanup(lambda: ros2_stack.stop_daemon(env))
     if isinstance(_ENVIRONMENTS[distro], str):
         pytest.skip(_ENVIRONMENTS[distro])
     return dict(_ENVIRONMENTS[distro])

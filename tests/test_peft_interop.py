@@ -203,7 +203,7 @@ def test_a_peft_folder_without_tensors_reads_as_an_adapter_of_no_layers(tiny_bun
     """Its placeholder target pattern adapts no layer; import_peft says so, naming the folder."""
     folder = _peft_folder(tiny_bundle, tmp_path, change_tensors=lambda t: t.clear())
     info, tensors = read_peft(folder)
-    assert (info.layers, tensors, info.config.r, info.config.alpha) == ([], {}, 4, 8.0)
+    assert (info.layers, tensors, info.config.r, info.config.alpha, info.config.targets) == ([], {}, 4, 8.0, ("",))
     assert find_targets(tiny_bundle.model, info.config.targets) == []
     with pytest.raises(AdapterError, match=re.escape(f"{folder}: the peft adapter holds no LoRA tensors")):
         import_peft(folder, tiny_bundle.model, tmp_path / "x.safetensors")

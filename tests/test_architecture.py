@@ -33,7 +33,7 @@ PARTS_OF_EXTRA = {"onnx": {"ort", "export"}}
 # modules that must import neither torch nor transformers when imported (the ONNX Runtime path, the node's image
 # decoding and pipeline); what they import from the core at module level must be torch-free as well
 TORCH_FREE = ("__init__.py", "errors.py", "atomic.py", "settings.py", "models/caption_settings.py",
-              "models/confidence.py", "models/images.py", "models/preprocess.py", "ort/folder.py",
+              "models/batching.py", "models/confidence.py", "models/images.py", "models/preprocess.py", "ort/folder.py",
               "ort/providers.py", "ort/captioner.py", "runtime/image_msgs.py", "runtime/pipeline.py",
               "runtime/diagnostics.py", "runtime/captioners.py")
 HEAVY = ("torch", "transformers", "safetensors", "huggingface_hub", "peft")

@@ -18,9 +18,9 @@ from PIL import Image
 
 from ..lora.adapter_io import AdapterInfo, load_adapter
 from ..lora.hooks import merge_lora, remove_lora
+from .batching import BatchCaptioning
 from .caption_settings import CaptionSettings
 from .confidence import CaptionResult, caption_confidence
-from .images import load_image
 from .labels import TokenSpec, generation_prompt, prompt_ids, strip_prompt
 from .loading import BlipBundle, load_blip
 from .quantize import cpu_has_bf16, quantize_int8
@@ -31,7 +31,7 @@ __all__ = ["CaptionResult", "Captioner"]
 log = logging.getLogger(__name__)
 
 
-class Captioner:
+class Captioner(BatchCaptioning):
     """A loaded model that turns images into captions; adapters and prompt can change without reloading.
 
     ``settings`` (CaptionSettings) holds prompt, lengths, beams, merge and quantize; keyword overrides
@@ -141,30 +141,6 @@ class Captioner:
             path = f"generate ({reason})"
         dtype = str(self.model.dtype).removeprefix("torch.")
         return f"{path}, {self.model.device.type}, {dtype}, quantize {self.settings.quantize or 'none'}"
-
-    def caption(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
-        """Images (PIL or (H, W, 3) uint8 RGB) -> one caption each, prompt stripped."""
-        return [result.text for result in self.caption_results(images)]
-
-    def caption_results(self, images: Sequence[Image.Image | np.ndarray]) -> list[CaptionResult]:
-        """Images (PIL or (H, W, 3) uint8 RGB) -> one CaptionResult each (text, confidence, tokens)."""
-        results: list[CaptionResult] = []
-        size = self.settings.batch_size
-        for start in range(0, len(images), size):
-            results.extend(self._caption_batch(images[start:start + size]))
-        return results
-
-    def caption_files(self, paths: Sequence[str | Path]) -> list[str]:
-        """Image files -> one caption each; loads one batch of images at a time."""
-        return [result.text for result in self.caption_file_results(paths)]
-
-    def caption_file_results(self, paths: Sequence[str | Path]) -> list[CaptionResult]:
-        """Image files -> one CaptionResult each; loads one batch of images at a time."""
-        results: list[CaptionResult] = []
-        size = self.settings.batch_size
-        for start in range(0, len(paths), size):
-            results.extend(self.caption_results([load_image(p) for p in paths[start:start + size]]))
-        return results
 
     @torch.inference_mode()
     def generate_ids(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,9 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from ..errors import BlipLoraError, ConfigError
+from ..models.batching import BatchCaptioning
 from ..models.caption_settings import CaptionSettings
 from ..models.confidence import CaptionResult, caption_confidence
-from ..models.images import load_image
 from ..models.preprocess import ImagePreprocessor
 from .folder import (
     DECODER,
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 _NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
 
-class OrtCaptioner:
+class OrtCaptioner(BatchCaptioning):
     """An exported folder loaded into two ONNX Runtime sessions; turns images into captions.
 
     ``settings`` (CaptionSettings): prompt, max_new_tokens and batch_size apply; num_beams must be 1
@@ -170,29 +170,6 @@ class OrtCaptioner:
                 f"quantize {self.manifest.quantize or 'none'}")
 
     # ------------------------------------------------------------ captioning
-
-    def caption(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
-        """Images (PIL or (H, W, 3) uint8 RGB) -> one caption each, prompt stripped."""
-        return [result.text for result in self.caption_results(images)]
-
-    def caption_results(self, images: Sequence[Image.Image | np.ndarray]) -> list[CaptionResult]:
-        """Images -> one CaptionResult each (text, confidence, tokens), batch_size images per run."""
-        results: list[CaptionResult] = []
-        size = self.settings.batch_size
-        for start in range(0, len(images), size):
-            results.extend(self._caption_batch(images[start:start + size]))
-        return results
-
-    def caption_files(self, paths: Sequence[str | Path]) -> list[str]:
-        return [result.text for result in self.caption_file_results(paths)]
-
-    def caption_file_results(self, paths: Sequence[str | Path]) -> list[CaptionResult]:
-        """Image files -> one CaptionResult each; loads one batch of images at a time."""
-        results: list[CaptionResult] = []
-        size = self.settings.batch_size
-        for start in range(0, len(paths), size):
-            results.extend(self.caption_results([load_image(p) for p in paths[start:start + size]]))
-        return results
 
     def _caption_batch(self, images: Sequence[Image.Image | np.ndarray]) -> list[CaptionResult]:
         prompt = self._prompt_ids(self.prompt)
